@@ -1,0 +1,126 @@
+"""The handoff codec (exact sizes, validation, quantisation bound) and the cost model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tiers import CostModel, CostModelError, HandoffFormatError, TierPlan, decode_handoff, encode_handoff, payload_size
+
+
+def _batch(seed=0, batch=3, seq=7, hidden=16):
+    gen = torch.Generator().manual_seed(seed)
+    hidden_states = torch.randn(batch, seq, hidden, generator=gen)
+    lengths = torch.tensor([seq, 3, 5][:batch])
+    mask = (torch.arange(seq)[None] < lengths[:, None]).long()
+    return hidden_states, mask
+
+
+@pytest.mark.parametrize("encoding", ["fp32", "fp16", "int8"])
+def test_round_trip_keeps_real_tokens_and_mask(encoding):
+    hidden, mask = _batch()
+    body = encode_handoff(hidden, mask, next_layer=3, encoding=encoding)
+    assert len(body) == payload_size(mask.sum(1).numpy(), 16, encoding)
+    out = decode_handoff(body, hidden_size=16, expected_next_layer=3)
+    assert out.next_layer == 3 and out.encoding == encoding
+    assert torch.equal(out.attention_mask, mask)
+    real = mask.bool()
+    err = (out.hidden[real] - hidden[real]).abs()
+    if encoding == "fp32":
+        assert err.max().item() == 0.0
+    elif encoding == "fp16":
+        assert err.max().item() <= 1e-2
+    else:  # per-token symmetric int8: error at most half a quantisation step of that token
+        step = hidden[real].abs().amax(dim=1, keepdim=True) / 127
+        assert bool((err <= step / 2 + 1e-6).all())
+    assert out.hidden[~real].abs().max().item() == 0.0
+
+
+def test_header_overhead_is_small():
+    counts = [20]
+    floor = 20 * 384 * 4
+    assert (payload_size(counts, 384) - floor) / floor < 0.02
+
+
+def test_padding_never_travels():
+    hidden, mask = _batch()
+    unpadded = payload_size(mask.sum(1).numpy(), 16)
+    assert len(encode_handoff(hidden, mask, 2)) == unpadded < hidden.numel() * 4
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b[:10], "shorter than"),
+        (lambda b: b"XXXX" + b[4:], "magic"),
+        (lambda b: b[:-1], "declares"),
+        (lambda b: b + b"\0", "declares"),
+        (lambda b: b[:4] + bytes([9]) + b[5:], "version"),
+        (lambda b: b[:5] + bytes([7]) + b[6:], "encoding code"),
+    ],
+)
+def test_malformed_bodies_are_refused(mutate, message):
+    hidden, mask = _batch()
+    body = encode_handoff(hidden, mask, 2)
+    with pytest.raises(HandoffFormatError, match=message):
+        decode_handoff(mutate(body), hidden_size=16)
+
+
+def test_wrong_hidden_size_layer_and_lengths_are_refused():
+    hidden, mask = _batch()
+    body = encode_handoff(hidden, mask, 2)
+    with pytest.raises(HandoffFormatError, match="hidden size"):
+        decode_handoff(body, hidden_size=32)
+    with pytest.raises(HandoffFormatError, match="starts at layer 4"):
+        decode_handoff(body, hidden_size=16, expected_next_layer=4)
+    with pytest.raises(HandoffFormatError, match="token counts"):
+        decode_handoff(body, hidden_size=16, max_seq_len=4)
+    with pytest.raises(HandoffFormatError, match="batch size"):
+        decode_handoff(body, hidden_size=16, max_batch=2)
+    with pytest.raises(HandoffFormatError, match="accepts fp32"):
+        decode_handoff(encode_handoff(hidden, mask, 2, "int8"), hidden_size=16, allowed_encodings=("fp32",))
+
+
+def test_non_finite_values_are_refused():
+    hidden, mask = _batch()
+    hidden[0, 0, 0] = float("nan")
+    with pytest.raises(HandoffFormatError, match="NaN"):
+        decode_handoff(encode_handoff(hidden, mask, 2), hidden_size=16)
+
+
+def test_exit_costs_follow_the_plan():
+    cost = CostModel(mobile_layer=1, edge_layer=0.5, cloud_layer=0.25, mobile_to_edge=2, edge_to_cloud=3, input_to_cloud=4)
+    plan = TierPlan(2, 4, 6)
+    # exits 1..6: 1, 2, 2+.5+2, 2+1+2, 5+.25+3, 5+.5+3
+    np.testing.assert_allclose(cost.exit_costs(plan), [1, 2, 4.5, 5, 8.25, 8.5])
+    assert cost.reference_cost(plan) == 4 + 6 * 0.25
+    breakdown = cost.breakdown(plan, 5)
+    assert breakdown["layers"] == {"mobile": 2, "edge": 2, "cloud": 1}
+    assert breakdown["total_units"] == pytest.approx(8.25)
+    assert breakdown["normalised"] == pytest.approx(8.25 / 5.5)
+
+
+def test_rate_limited_links_charge_by_payload_size():
+    cost = CostModel(mobile_edge_rate_bps=8e6, edge_cloud_rate_bps=8e6, transmit_cost_per_second=10.0)
+    plan = TierPlan(2, 4, 6)
+    per_sample = cost.exit_costs(plan, token_counts=np.array([10, 100]), hidden_size=384)
+    fixed = cost.exit_costs(plan)
+    extra_edge = payload_size([100], 384) / 1e6 * 10.0  # bytes*8 / 8e6 bit/s * 10 units/s
+    assert per_sample.shape == (2, 6)
+    np.testing.assert_allclose(per_sample[:, :2], fixed[None, :2].repeat(2, 0))
+    assert per_sample[1, 2] == pytest.approx(fixed[2] + extra_edge)
+    assert per_sample[1, 5] > per_sample[0, 5]
+
+
+@pytest.mark.parametrize("bad", [{"mobile_layer": -1}, {"edge_to_cloud": float("nan")}, {"input_to_cloud": float("inf")}])
+def test_invalid_costs_are_refused(bad):
+    with pytest.raises(CostModelError, match="finite number >= 0"):
+        CostModel(**bad)
+
+
+def test_unknown_field_is_refused():
+    with pytest.raises(CostModelError, match="unknown cost model field"):
+        CostModel().with_values(mobile_layers=1)
+    assert CostModel().with_values(mobile_layer=0.3).mobile_layer == 0.3
+    assert CostModel.from_dict(CostModel.splitee(0.4).to_dict()) == CostModel.splitee(0.4)

@@ -1,0 +1,33 @@
+"""Bottom layer: the early-exit model, tier plan and slicing, the hidden-state codec, the cost model."""
+
+from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, decode_handoff, encode_handoff, payload_size
+from .cost import CostModel, CostModelError
+from .model import CheckpointError, EarlyExitModel, ExitConfig, ExitHead, read_exit_config
+from .plan import TIERS, TierPlan, TierPlanError, default_plan
+from .slicing import TierOutput, TierPart, load_tier_part, run_three_tiers, slice_model
+
+__all__ = [
+    "CONTENT_TYPE",
+    "ENCODINGS",
+    "TIERS",
+    "CheckpointError",
+    "CostModel",
+    "CostModelError",
+    "EarlyExitModel",
+    "ExitConfig",
+    "ExitHead",
+    "Handoff",
+    "HandoffFormatError",
+    "TierOutput",
+    "TierPart",
+    "TierPlan",
+    "TierPlanError",
+    "decode_handoff",
+    "default_plan",
+    "encode_handoff",
+    "load_tier_part",
+    "payload_size",
+    "read_exit_config",
+    "run_three_tiers",
+    "slice_model",
+]
