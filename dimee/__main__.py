@@ -1,0 +1,5 @@
+import sys
+
+from dimee.cli import main
+
+sys.exit(main())

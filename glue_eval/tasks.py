@@ -1,0 +1,84 @@
+"""Registry of the nine GLUE tasks, with field names and label encodings exactly as in HF `nyu-mll/glue`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+_STANDARD_SPLITS = ("train", "validation", "test")
+
+
+class UnknownTaskError(ValueError):
+    """Raised by `get_task` for a name that is not one of the nine GLUE tasks."""
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """One GLUE task.
+
+    `num_labels` is 1 for STS-B (regression: the label is a float similarity score 0-5) and `label_names` is then
+    empty. `splits` are the HF split names; `validation_split` is the one used for evaluation (MNLI:
+    "validation_matched", as GLUE's dev score).
+    """
+
+    name: str
+    text_fields: tuple[str, ...]
+    num_labels: int
+    label_names: tuple[str, ...]
+    metric_names: tuple[str, ...]
+    validation_split: str = "validation"
+    splits: tuple[str, ...] = _STANDARD_SPLITS
+    train_split: str = "train"
+
+    def __post_init__(self) -> None:
+        if len(self.text_fields) not in (1, 2):
+            raise ValueError(f"{self.name}: text_fields must hold 1 or 2 names, got {self.text_fields}")
+        if self.num_labels > 1 and len(self.label_names) != self.num_labels:
+            raise ValueError(f"{self.name}: {self.num_labels} labels but label_names={self.label_names}")
+        if self.validation_split not in self.splits or self.train_split not in self.splits:
+            raise ValueError(f"{self.name}: train/validation split missing from splits={self.splits}")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def is_pair(self) -> bool:
+        """True for sentence-pair tasks (two text fields)."""
+        return len(self.text_fields) == 2
+
+
+_ALL = (
+    GlueTask("cola", ("sentence",), 2, ("unacceptable", "acceptable"), ("matthews_correlation",)),
+    GlueTask("sst2", ("sentence",), 2, ("negative", "positive"), ("accuracy",)),
+    GlueTask("mrpc", ("sentence1", "sentence2"), 2, ("not_equivalent", "equivalent"), ("accuracy", "f1")),
+    GlueTask("qqp", ("question1", "question2"), 2, ("not_duplicate", "duplicate"), ("accuracy", "f1")),
+    GlueTask("stsb", ("sentence1", "sentence2"), 1, (), ("pearson", "spearmanr")),
+    GlueTask(
+        "mnli",
+        ("premise", "hypothesis"),
+        3,
+        ("entailment", "neutral", "contradiction"),
+        ("accuracy",),
+        validation_split="validation_matched",
+        splits=("train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"),
+    ),
+    GlueTask("qnli", ("question", "sentence"), 2, ("entailment", "not_entailment"), ("accuracy",)),
+    GlueTask("rte", ("sentence1", "sentence2"), 2, ("entailment", "not_entailment"), ("accuracy",)),
+    GlueTask("wnli", ("sentence1", "sentence2"), 2, ("not_entailment", "entailment"), ("accuracy",)),
+)
+
+#: name -> task, in the GLUE benchmark's order. Read-only.
+TASKS: Mapping[str, GlueTask] = MappingProxyType({t.name: t for t in _ALL})
+
+
+def get_task(task: str | GlueTask) -> GlueTask:
+    """Return the task named `task` (case-insensitive; "SST-2" works too). A `GlueTask` is returned unchanged."""
+    if isinstance(task, GlueTask):
+        return task
+    key = str(task).strip().lower().replace("-", "")
+    try:
+        return TASKS[key]
+    except KeyError:
+        raise UnknownTaskError(f"unknown GLUE task {task!r}; known tasks: {', '.join(TASKS)}") from None

@@ -1,0 +1,45 @@
+"""Builders of small, real artefacts for tests: a tiny tokenizer and a tiny run folder (random weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.conftest import tiny_bert_config
+from tiers import CostModel, EarlyExitModel, ExitConfig, RunInfo, TierPlan, write_run_info
+
+WORDS = (
+    "the a an film movie plot story acting good bad great awful boring fun funny sad dull brilliant "
+    "not very quite really is was it this that and but of to in on with i you we they love hate like "
+    "cast jokes scene ending script director music , . ! ?"
+).split()
+
+
+def tiny_tokenizer():
+    """A WordPiece BERT tokenizer over a few dozen words, built offline."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    return BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
+
+
+def tiny_run_folder(folder: Path, num_layers: int = 6, num_labels: int = 2, plan: tuple[int, int] = (2, 4)) -> Path:
+    """A run folder the services and the evaluation can load: random-init encoder, tokenizer, run.json."""
+    tokenizer = tiny_tokenizer()
+    config = tiny_bert_config(num_layers=num_layers, vocab=len(tokenizer))
+    torch.manual_seed(0)
+    model = EarlyExitModel.from_config(config, ExitConfig(num_labels=num_labels)).eval()
+    model.save_pretrained(folder, tokenizer=tokenizer)
+    info = RunInfo(
+        task="sst2",
+        text_fields=["sentence"],
+        label_names=["negative", "positive"][:num_labels] if num_labels > 1 else ["score"],
+        num_labels=num_labels,
+        max_length=64,
+        plan=TierPlan(*plan, num_layers),
+        cost_model=CostModel(),
+        base_model="tiny-random-bert",
+    )
+    write_run_info(folder, info)
+    return folder

@@ -1,0 +1,115 @@
+"""The run folder: a self-describing directory that every higher layer reads.
+
+    <run>/encoder/              HF encoder + tokenizer (save_pretrained)
+    <run>/exits.safetensors     exit heads; <run>/early_exit.json their config
+    <run>/run.json              task, text fields, label names, max length, tier plan, cost model, training
+    <run>/logits/<split>.npy    cached per-exit logits [n, L, num_labels] (float32)
+    <run>/logits/<split>.labels.npy, <split>.tokens.npy (real-token counts), <split>.embedding.npy
+    <run>/policy.json           fitted tier-selection policy (optional)
+    <run>/temperatures.json     per-exit temperatures (optional)
+    <run>/metrics.json          per-exit metrics
+
+The services need only this folder, so they never import the evaluation package.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cost import CostModel
+from .model import CheckpointError
+from .plan import TierPlan
+
+RUN_FILE = "run.json"
+LOGITS_DIR = "logits"
+POLICY_FILE = "policy.json"
+TEMPERATURES_FILE = "temperatures.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class RunInfo:
+    task: str
+    text_fields: list[str]
+    label_names: list[str]
+    num_labels: int
+    max_length: int
+    plan: TierPlan
+    cost_model: CostModel = field(default_factory=CostModel)
+    base_model: str = ""
+    training: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["plan"] = self.plan.to_dict()
+        data["cost_model"] = self.cost_model.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunInfo":
+        data = dict(data)
+        data["plan"] = TierPlan.from_dict(data["plan"])
+        data["cost_model"] = CostModel.from_dict(data.get("cost_model", {}))
+        return cls(**data)
+
+
+def write_run_info(folder: str | Path, info: RunInfo) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RUN_FILE
+    path.write_text(json.dumps(info.to_dict(), indent=2))
+    return path
+
+
+def read_run_info(folder: str | Path) -> RunInfo:
+    path = Path(folder) / RUN_FILE
+    if not path.exists():
+        raise CheckpointError(f"{folder} is not a run folder (no {RUN_FILE}); create one with `dimee train`")
+    try:
+        return RunInfo.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} is damaged ({err}); retrain or restore the run folder") from err
+
+
+@dataclass
+class CachedSplit:
+    """Per-exit logits of one split with what the policies and the cost model need beside them."""
+
+    logits: np.ndarray  # [n, L, num_labels]
+    labels: np.ndarray  # [n]
+    token_counts: np.ndarray  # [n] real tokens per sample (handoff payload size)
+    embedding: np.ndarray | None = None  # [n, hidden] mean-pooled embedding-layer output
+
+
+def write_cached_split(folder: str | Path, split: str, cached: CachedSplit) -> None:
+    out = Path(folder) / LOGITS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{split}.npy", cached.logits.astype(np.float32))
+    np.save(out / f"{split}.labels.npy", cached.labels)
+    np.save(out / f"{split}.tokens.npy", cached.token_counts.astype(np.int32))
+    if cached.embedding is not None:
+        np.save(out / f"{split}.embedding.npy", cached.embedding.astype(np.float16))
+
+
+def cached_splits(folder: str | Path) -> list[str]:
+    out = Path(folder) / LOGITS_DIR
+    return sorted(p.name[: -len(".npy")] for p in out.glob("*.npy") if p.name.count(".") == 1)
+
+
+def read_cached_split(folder: str | Path, split: str) -> CachedSplit:
+    out = Path(folder) / LOGITS_DIR
+    path = out / f"{split}.npy"
+    if not path.exists():
+        have = ", ".join(cached_splits(folder)) or "none"
+        raise CheckpointError(f"{folder} has no cached logits for split {split!r} (has: {have}); run `dimee eval` first")
+    embedding_path = out / f"{split}.embedding.npy"
+    return CachedSplit(
+        logits=np.load(path),
+        labels=np.load(out / f"{split}.labels.npy"),
+        token_counts=np.load(out / f"{split}.tokens.npy"),
+        embedding=np.load(embedding_path).astype(np.float32) if embedding_path.exists() else None,
+    )
