@@ -171,7 +171,7 @@ class EarlyExitModel(nn.Module):
         """Load a checkpoint written by `save_pretrained`."""
         folder = Path(folder)
         exit_config = read_exit_config(folder)
-        encoder = AutoModel.from_pretrained(folder / ENCODER_DIR, add_pooling_layer=False)
+        encoder = AutoModel.from_pretrained(folder / ENCODER_DIR, add_pooling_layer=False, dtype=torch.float32)
         model = cls(encoder, exit_config)
         model.exits.load_state_dict(load_file(str(folder / EXIT_WEIGHTS_FILE)))
         return model.eval()
@@ -181,7 +181,7 @@ class EarlyExitModel(nn.Module):
         cls, name_or_path: str | Path, num_labels: int, pooling: str = "mean", dropout: float = 0.1
     ) -> "EarlyExitModel":
         """Fresh exit heads on a pretrained encoder (hub name or local folder)."""
-        encoder = AutoModel.from_pretrained(str(name_or_path), add_pooling_layer=False)
+        encoder = AutoModel.from_pretrained(str(name_or_path), add_pooling_layer=False, dtype=torch.float32)
         return cls(encoder, ExitConfig(num_labels=num_labels, pooling=pooling, dropout=dropout))
 
     @classmethod
