@@ -1,0 +1,370 @@
+"""The exit-policy interface shared by DIMEE and the baselines.
+
+A policy is a scikit-learn estimator fitted on cached per-exit logits of a held-out split. Online, each tier
+calls :meth:`ExitPolicy.decide` with the logits of the exits that exist so far (1..m at mobile, 1..e at edge,
+1..L at cloud) and gets, per sample, the 1-based exit to answer with or 0 ("hand off to the next tier").
+:meth:`ExitPolicy.predict` composes those three calls, so offline evaluation and the services make the same
+decisions by construction.
+
+Rules every decision obeys (checked after each subclass call):
+
+* at a tier, the answer is 0 or an exit held by that tier (an answer at edge from a mobile exit would be
+  charged mobile's cost, which is wrong once the sample has crossed the hop);
+* the last tier that holds layers (cloud, or edge when e = L) never answers 0.
+
+Serialisation: :meth:`to_dict` gives a JSON-compatible dict (params, plan and cost model as dicts, fitted
+state as lists), :func:`policy_from_dict` rebuilds any registered policy. No pickle.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from tiers import TIERS, CostModel, TierPlan, default_plan
+
+from .errors import PolicyError
+from .profiles import as_logits, check_labels, check_temperatures
+
+FORMAT_VERSION = 1
+_BASE_FITTED = ("plan_", "cost_model_", "num_layers_", "n_classes_", "n_features_", "temperatures_")
+_REGISTRY: dict[str, type["ExitPolicy"]] = {}
+
+
+def register_policy(cls: type["ExitPolicy"]) -> type["ExitPolicy"]:
+    """Class decorator: make a policy rebuildable by :func:`policy_from_dict` under its class name."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def registered_policies() -> dict[str, type["ExitPolicy"]]:
+    return dict(_REGISTRY)
+
+
+def tier_index(tier: str | int) -> int:
+    """'mobile'/'edge'/'cloud' (or 0/1/2) -> 0/1/2."""
+    if isinstance(tier, (int, np.integer)) and not isinstance(tier, bool) and 0 <= tier <= 2:
+        return int(tier)
+    if isinstance(tier, str) and tier in TIERS:
+        return TIERS.index(tier)
+    raise PolicyError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
+
+
+def tier_exit_range(plan: TierPlan, tier: int) -> tuple[int, int]:
+    """First and last exit (1-based, inclusive) a tier holds; first > last when it holds none."""
+    return plan.layer_range(TIERS[tier])
+
+
+def final_tier(plan: TierPlan) -> int:
+    """The tier holding exit L: cloud, or edge when e = L (cloud then runs nothing)."""
+    return int(plan.exit_tiers()[-1])
+
+
+def route_to_exits(targets: np.ndarray, plan: TierPlan, tier: int) -> np.ndarray:
+    """Decision at `tier` for samples whose intended exit is `targets` (1-based, any tier).
+
+    A target beyond this tier hands off (0); a target at or before it (a sample that reached the tier anyway)
+    is answered at the earliest exit the tier holds that is >= target; the final tier always answers.
+    """
+    first, last = tier_exit_range(plan, tier)
+    clipped = np.maximum(np.asarray(targets, dtype=np.int64), first)
+    if tier == final_tier(plan):
+        return np.minimum(clipped, last)
+    return np.where(clipped <= last, clipped, 0)
+
+
+# ---- JSON encoding of params ------------------------------------------------------------------------------
+def _encode(value: Any) -> Any:
+    if isinstance(value, TierPlan):
+        return {"__type__": "TierPlan", **value.to_dict()}
+    if isinstance(value, CostModel):
+        return {"__type__": "CostModel", **value.to_dict()}
+    if isinstance(value, ExitPolicy):
+        return {"__type__": "ExitPolicy", "policy": value.to_dict()}
+    if isinstance(value, np.ndarray):
+        return [_encode(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise PolicyError(f"cannot serialise parameter value {value!r} of type {type(value).__name__}")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        kind = value.get("__type__")
+        body = {k: v for k, v in value.items() if k != "__type__"}
+        if kind == "TierPlan":
+            return TierPlan.from_dict(body)
+        if kind == "CostModel":
+            return CostModel.from_dict(body)
+        if kind == "ExitPolicy":
+            return policy_from_dict(body["policy"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class ExitPolicy(BaseEstimator):
+    """Base class. Subclasses define ``__init__`` (storing params only, including ``plan`` and
+    ``cost_model``), ``_fit``, ``_decide``, and ``_state_to_dict`` / ``_state_from_dict`` for fitted state.
+
+    Fitted attributes set here: ``plan_`` (the given plan, or :func:`tiers.default_plan` of the logits' exit
+    count), ``cost_model_`` (the given one or ``CostModel()``), ``num_layers_``, ``n_classes_``,
+    ``n_features_`` (width of the extra features seen in fit, or None), ``temperatures_`` (validated, or None).
+    """
+
+    requires_labels: ClassVar[bool] = False  # only the oracle: decide() needs the true labels
+    fit_requires_labels: ClassVar[bool] = True
+
+    # ---- fitting -----------------------------------------------------------------------------------
+    def fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None = None) -> "ExitPolicy":
+        """Fit on the held-out split's cached logits [n, L, C] and labels [n]; `features` [n, d] optional."""
+        arr = as_logits(logits)
+        n, num_layers, n_classes = arr.shape
+        if n == 0:
+            raise PolicyError("cannot fit a policy on zero samples")
+        plan = self._resolve_plan(num_layers)
+        cost_model = getattr(self, "cost_model", None) or CostModel()
+        if not isinstance(cost_model, CostModel):
+            raise PolicyError(f"cost_model must be a tiers.CostModel, got {type(cost_model).__name__}")
+        temps = check_temperatures(getattr(self, "temperatures", None), num_layers)
+        if labels is None:
+            if self.fit_requires_labels:
+                raise PolicyError(f"{type(self).__name__}.fit needs labels")
+            y = None
+        else:
+            y = check_labels(labels, n, n_classes)
+        feats = self._as_features(features, n, expected_width=None)
+        self.plan_ = plan
+        self.cost_model_ = cost_model
+        self.num_layers_ = num_layers
+        self.n_classes_ = n_classes
+        self.n_features_ = None if feats is None else int(feats.shape[1])
+        self.temperatures_ = temps
+        try:
+            self._fit(arr, y, feats)
+        except BaseException:
+            for name in _BASE_FITTED:  # a failed fit leaves the policy unfitted, not half-fitted
+                self.__dict__.pop(name, None)
+            raise
+        return self
+
+    def _resolve_plan(self, num_layers: int) -> TierPlan:
+        plan = getattr(self, "plan", None)
+        if plan is None:
+            return default_plan(num_layers)
+        if not isinstance(plan, TierPlan):
+            raise PolicyError(f"plan must be a tiers.TierPlan, got {type(plan).__name__}")
+        if plan.num_layers != num_layers:
+            raise PolicyError(
+                f"the policy's plan is for a {plan.num_layers}-layer model but the logits have {num_layers} exits"
+            )
+        return plan
+
+    def _fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None) -> None:
+        """Subclass hook: learn the fitted state. Base attributes are already set."""
+
+    # ---- online decision ---------------------------------------------------------------------------
+    def decide(self, logits_seen: np.ndarray, tier: str | int, features: np.ndarray | None = None) -> np.ndarray:
+        """Per sample: the 1-based exit to answer with at `tier`, or 0 to hand off to the next tier.
+
+        `logits_seen` [n, k, C] holds exits 1..k where k is the tier's last exit (m, e or L); nothing later.
+        """
+        return self._decide_checked(logits_seen, tier, features)
+
+    def _decide_checked(
+        self, logits_seen: np.ndarray, tier: str | int, features: np.ndarray | None, **extra: Any
+    ) -> np.ndarray:
+        self._check_fitted()
+        t = tier_index(tier)
+        arr = as_logits(logits_seen, "logits_seen")
+        first, last = tier_exit_range(self.plan_, t)
+        if first > last:
+            raise PolicyError(
+                f"tier {TIERS[t]} holds no layers in plan {self.plan_.spec} of a {self.num_layers_}-layer model; "
+                f"tier {TIERS[final_tier(self.plan_)]} answers every sample"
+            )
+        if arr.shape[1] != last:
+            raise PolicyError(
+                f"at {TIERS[t]} the policy expects the logits of exits 1..{last} (plan {self.plan_.spec}, "
+                f"{self.num_layers_} layers, as fitted); got {arr.shape[1]} exits"
+            )
+        self._check_classes(arr)
+        feats = self._as_features(features, arr.shape[0], expected_width=self.n_features_)
+        decisions = np.asarray(self._decide(arr, t, feats, **extra), dtype=np.int64)
+        self._check_decisions(decisions, arr.shape[0], t)
+        return decisions
+
+    def _decide(self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_decisions(self, decisions: np.ndarray, n: int, tier: int) -> None:
+        first, last = tier_exit_range(self.plan_, tier)
+        if decisions.shape != (n,):
+            raise PolicyError(f"{type(self).__name__} returned decisions of shape {decisions.shape}, expected ({n},)")
+        valid = (decisions == 0) | ((decisions >= first) & (decisions <= last))
+        if tier == final_tier(self.plan_):
+            valid &= decisions != 0
+        if not valid.all():
+            raise PolicyError(
+                f"{type(self).__name__} made invalid decisions at {TIERS[tier]} (allowed: 0 or exits {first}..{last}): "
+                f"{np.unique(decisions[~valid]).tolist()}"
+            )
+
+    # ---- offline prediction ------------------------------------------------------------------------
+    def predict(
+        self, logits: np.ndarray, features: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
+        """1-based exit per sample, by calling :meth:`decide` at mobile, edge and cloud in turn on the samples
+        still pending, each with only the exits that tier has. `labels` are passed only to policies with
+        ``requires_labels`` (the oracle) and ignored otherwise."""
+        self._check_fitted()
+        arr = as_logits(logits)
+        n = arr.shape[0]
+        if arr.shape[1] != self.num_layers_:
+            raise PolicyError(
+                f"the policy was fitted for a {self.num_layers_}-layer model (plan {self.plan_.spec}); "
+                f"the logits have {arr.shape[1]} exits"
+            )
+        self._check_classes(arr)
+        feats = self._as_features(features, n, expected_width=self.n_features_)
+        y = None
+        if self.requires_labels:
+            if labels is None:
+                raise PolicyError(
+                    f"{type(self).__name__} needs the true labels to decide (it is a bound, not a policy)"
+                )
+            y = check_labels(labels, n, self.n_classes_)
+        exits = np.zeros(n, dtype=np.int64)
+        pending = np.arange(n)
+        for tier in range(final_tier(self.plan_) + 1):
+            if pending.size == 0:
+                break
+            last = tier_exit_range(self.plan_, tier)[1]
+            extra = {} if y is None else {"labels": y[pending]}
+            sub_feats = None if feats is None else feats[pending]
+            decisions = self._decide_checked(arr[pending, :last], tier, sub_feats, **extra)
+            answered = decisions > 0
+            exits[pending[answered]] = decisions[answered]
+            pending = pending[~answered]
+        return exits
+
+    # ---- checks ------------------------------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "plan_")
+
+    def _check_fitted(self) -> None:
+        if not self.__sklearn_is_fitted__():
+            raise PolicyError(f"{type(self).__name__} is not fitted yet: call fit() on a held-out split first")
+
+    def _check_classes(self, arr: np.ndarray) -> None:
+        if arr.shape[2] != self.n_classes_:
+            raise PolicyError(f"the policy was fitted on {self.n_classes_} output(s) per exit; got {arr.shape[2]}")
+
+    def check_plan(self, plan: TierPlan) -> None:
+        """Raise PolicyError unless `plan` is the plan this policy was fitted for."""
+        self._check_fitted()
+        if plan != self.plan_:
+            raise PolicyError(
+                f"the policy was fitted for plan {self.plan_.spec} of {self.plan_.num_layers} layers; "
+                f"it cannot serve plan {plan.spec} of {plan.num_layers} layers (refit it)"
+            )
+
+    @staticmethod
+    def _as_features(features: np.ndarray | None, n: int, expected_width: int | None) -> np.ndarray | None:
+        if features is None:
+            return None
+        arr = np.asarray(features)
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise PolicyError(f"features must be a 2-d array [{n}, d] (one row per sample); got shape {arr.shape}")
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+            raise PolicyError(f"features must be numeric, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64, copy=False)
+        if not np.isfinite(arr).all():
+            raise PolicyError("features contain NaN or inf values")
+        if expected_width is not None and arr.shape[1] != expected_width:
+            raise PolicyError(f"features have width {arr.shape[1]}, the policy was fitted on width {expected_width}")
+        return arr
+
+    def normalised_exit_costs(self) -> np.ndarray:
+        """Cost of answering at each exit / all-cloud reference, [L]."""
+        self._check_fitted()
+        return self.cost_model_.normalised_exit_costs(self.plan_)
+
+    def _temps(self, k: int) -> np.ndarray | None:
+        """Temperatures of exits 1..k (the ones a tier has seen)."""
+        return None if self.temperatures_ is None else self.temperatures_[:k]
+
+    # ---- serialisation -----------------------------------------------------------------------------
+    def _state_to_dict(self) -> dict[str, Any]:
+        return {}
+
+    def _state_from_dict(self, state: dict[str, Any]) -> None:
+        """Subclass hook: restore fitted state written by `_state_to_dict`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible description: class name, params, and fitted state (None if unfitted)."""
+        params = {k: _encode(v) for k, v in self.get_params(deep=False).items()}
+        state = None
+        if self.__sklearn_is_fitted__():
+            state = {
+                "plan": self.plan_.to_dict(),
+                "cost_model": self.cost_model_.to_dict(),
+                "num_layers": int(self.num_layers_),
+                "n_classes": int(self.n_classes_),
+                "n_features": self.n_features_,
+                "temperatures": None if self.temperatures_ is None else self.temperatures_.tolist(),
+                "policy": _encode(self._state_to_dict()),
+            }
+        return {"policy": type(self).__name__, "format_version": FORMAT_VERSION, "params": params, "state": state}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExitPolicy":
+        """Rebuild a policy written by :meth:`to_dict` (fitted state included)."""
+        if not isinstance(data, dict) or "policy" not in data or "params" not in data:
+            raise PolicyError("not a serialised policy: expected a dict with 'policy' and 'params'")
+        name = data["policy"]
+        target = _REGISTRY.get(name)
+        if target is None:
+            raise PolicyError(f"unknown policy {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+        if cls is not ExitPolicy and not issubclass(target, cls):
+            raise PolicyError(f"the dict describes a {name}, not a {cls.__name__}")
+        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise PolicyError(f"unsupported policy format version {data.get('format_version')}")
+        defaults = {
+            p.name: p.default for p in inspect.signature(target.__init__).parameters.values() if p.name != "self"
+        }
+        params = {}
+        for key, raw in data["params"].items():
+            if key not in defaults:
+                raise PolicyError(f"{name} has no parameter {key!r}")
+            value = _decode(raw)
+            if isinstance(defaults[key], tuple) and isinstance(value, list):
+                value = tuple(value)
+            params[key] = value
+        policy = target(**params)
+        state = data.get("state")
+        if state is not None:
+            policy.plan_ = TierPlan.from_dict(state["plan"])
+            policy.cost_model_ = CostModel.from_dict(state["cost_model"])
+            policy.num_layers_ = int(state["num_layers"])
+            policy.n_classes_ = int(state["n_classes"])
+            policy.n_features_ = None if state["n_features"] is None else int(state["n_features"])
+            temps = state.get("temperatures")
+            policy.temperatures_ = None if temps is None else np.asarray(temps, dtype=np.float64)
+            policy._state_from_dict(state.get("policy") or {})
+        return policy
+
+
+def policy_from_dict(data: dict[str, Any]) -> ExitPolicy:
+    """Rebuild any registered policy from :meth:`ExitPolicy.to_dict` output."""
+    return ExitPolicy.from_dict(data)

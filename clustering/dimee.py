@@ -1,0 +1,423 @@
+"""DIMEE: route each sample to mobile, edge or cloud by the cluster its features fall in.
+
+Fitting (on a held-out split):
+
+1. Features: the mobile exit-confidence profile (exits 1..m, ``profile_features``, after ``temperatures``),
+   or the embedding-layer feature passed as ``features`` when ``feature="embedding"``. Standardised
+   (StandardScaler statistics kept in the fitted state).
+2. Each fit sample's reward at candidate exit j: ``correct_j - mu * normalised_cost_j`` (cost model §4).
+3. ``assignment="clusters"`` (default): k-means for each k in ``k_grid``; k is the smallest whose held-out
+   reward in ``n_folds``-fold cross-validation on the fit data is within ``k_tolerance`` of the best; then k-means
+   on all fit data, and each cluster gets the candidate exit with the highest mean reward on its samples.
+   ``assignment="pools"`` (the paper's rule): each fit sample is labelled with a tier, by the cheapest exit
+   that is right (``pool_rule="oracle"``) or where a confidence-threshold rule exits it
+   (``pool_rule="threshold"``, threshold chosen with ``max_drop``); a pool's centre is the mean of its
+   samples, and a pool answers at the best-reward candidate exit of its tier. A new sample goes to the
+   nearest centre in both cases.
+4. ``edge_stage=True``: the samples stage 1 sends onward are fitted again, the same way, on their edge
+   profile (exits 1..e), to choose edge (exit e) or cloud; online, edge and cloud consult this stage.
+
+Candidate exits are the ones whose cost is honest for the decision: a decision on the mobile profile has
+already run all m mobile layers, so it can answer on mobile only at exit m (at the same cost, m's answer is
+the natural pick) or later; a decision on embedding features, made before any layer, may answer at any exit
+1..L. The edge stage reads exits 1..e, so it answers at e or later, and stage 1 then only chooses between
+mobile and "onward" (exits >= e). ``candidate_exits="tier_ends"`` restricts the candidates to m, e and L.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
+
+from tiers import TIERS, CostModel, TierPlan
+
+from .base import ExitPolicy, register_policy, route_to_exits
+from .baselines import ThresholdPolicy
+from .errors import PolicyError
+from .evaluation import tier_shares
+from .profiles import REGRESSION_TOLERANCE, exit_profile, per_exit_correct
+
+ASSIGNMENTS: tuple[str, ...] = ("clusters", "pools")
+POOL_RULES: tuple[str, ...] = ("oracle", "threshold")
+FEATURE_KINDS: tuple[str, ...] = ("profile", "embedding")
+CANDIDATE_SETS: tuple[str, ...] = ("all", "tier_ends")
+
+
+@dataclass
+class RoutingStage:
+    """Standardise, find the nearest centre, answer at that centre's exit. Plain arrays, so it serialises."""
+
+    mean: np.ndarray  # [d]
+    scale: np.ndarray  # [d]
+    centers: np.ndarray  # [k, d], in standardised space
+    exits: np.ndarray  # [k], 1-based exit per centre
+    sizes: np.ndarray  # [k], fit samples per centre
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Index of the nearest centre per row (ties -> lowest index, as k-means predict)."""
+        if x.shape[1] != self.mean.shape[0]:
+            raise PolicyError(f"stage features have width {x.shape[1]}, fitted on {self.mean.shape[0]}")
+        z = (x - self.mean) / self.scale
+        d2 = (z**2).sum(axis=1)[:, None] - 2.0 * z @ self.centers.T + (self.centers**2).sum(axis=1)[None, :]
+        return d2.argmin(axis=1)
+
+    def targets(self, x: np.ndarray) -> np.ndarray:
+        return self.exits[self.assign(x)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "centers": self.centers.tolist(),
+            "exits": self.exits.tolist(),
+            "sizes": self.sizes.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RoutingStage":
+        mean = np.asarray(data["mean"], dtype=np.float64)
+        centers = np.asarray(data["centers"], dtype=np.float64).reshape(-1, mean.shape[0])
+        return cls(
+            mean=mean,
+            scale=np.asarray(data["scale"], dtype=np.float64),
+            centers=centers,
+            exits=np.asarray(data["exits"], dtype=np.int64),
+            sizes=np.asarray(data["sizes"], dtype=np.int64),
+        )
+
+
+# ---- fitting helpers (pure functions on arrays) ---------------------------------------------------------
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scaler = StandardScaler().fit(x)
+    return scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
+
+
+def _kmeans(z: np.ndarray, k: int, n_init: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    if k == 1:
+        return z.mean(axis=0, keepdims=True), np.zeros(z.shape[0], dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k: duplicate centres
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=random_state).fit(z)
+    return km.cluster_centers_.astype(np.float64), km.labels_.astype(np.int64)
+
+
+def _best_candidate_per_group(groups: np.ndarray, n_groups: int, rewards: np.ndarray) -> np.ndarray:
+    """Per group: index of the candidate (column of `rewards` [n, J]) with the highest mean reward; ties ->
+    the first (cheapest) column; empty groups -> the best column overall."""
+    onehot = np.zeros((n_groups, rewards.shape[0]))
+    onehot[groups, np.arange(rewards.shape[0])] = 1.0
+    counts = onehot.sum(axis=1)
+    sums = onehot @ rewards
+    overall = rewards.mean(axis=0)
+    means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], overall[None, :])
+    return np.argmax(np.round(means, 12), axis=1)
+
+
+def _fit_stage_k(
+    x: np.ndarray, rewards: np.ndarray, candidates: np.ndarray, k: int, n_init: int, random_state: int
+) -> tuple[RoutingStage, np.ndarray]:
+    mean, scale = _standardise(x)
+    centers, labels = _kmeans((x - mean) / scale, k, n_init, random_state)
+    choice = _best_candidate_per_group(labels, centers.shape[0], rewards)
+    sizes = np.bincount(labels, minlength=centers.shape[0])
+    return RoutingStage(mean, scale, centers, candidates[choice], sizes), choice
+
+
+def fit_cluster_stage(
+    x: np.ndarray,
+    rewards: np.ndarray,
+    candidates: np.ndarray,
+    k_grid: Sequence[int],
+    n_folds: int,
+    n_init: int,
+    random_state: int,
+    k_tolerance: float = 0.0,
+) -> tuple[RoutingStage, int, dict[int, float]]:
+    """k-means routing with k chosen by cross-validated held-out reward: the smallest k whose mean held-out
+    reward is within `k_tolerance` of the best (parsimony: fewer, larger clusters generalise better). Returns
+    the stage fitted on all of `x`, the chosen k and the held-out reward of every k tried. Too few samples
+    for the folds -> one cluster."""
+    n = x.shape[0]
+    largest_train = n - math.ceil(n / n_folds)
+    feasible = sorted({int(k) for k in k_grid if 1 <= int(k) <= largest_train})
+    cv: dict[int, float] = {}
+    if n >= 2 * n_folds and feasible:
+        splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=random_state).split(x))
+        for k in feasible:
+            held_out = []
+            for train, test in splits:
+                stage, choice = _fit_stage_k(x[train], rewards[train], candidates, k, n_init, random_state)
+                held_out.append(rewards[test, choice[stage.assign(x[test])]].mean())
+            cv[k] = float(np.mean(held_out))
+        best = max(cv.values())
+        best_k = min(k for k in cv if cv[k] >= best - k_tolerance - 1e-12)
+    else:
+        best_k = 1
+    stage, _ = _fit_stage_k(x, rewards, candidates, best_k, n_init, random_state)
+    return stage, best_k, cv
+
+
+def fit_pool_stage(
+    x: np.ndarray, pool_tiers: np.ndarray, rewards: np.ndarray, candidates: np.ndarray, candidate_tiers: np.ndarray
+) -> RoutingStage:
+    """Paper's rule: one centre per tier label present (mean of its standardised samples); a pool answers at
+    the best-reward candidate exit of its tier (or of the next tier holding a candidate)."""
+    mean, scale = _standardise(x)
+    z = (x - mean) / scale
+    centers, exits, sizes = [], [], []
+    for tier in np.unique(pool_tiers):
+        members = pool_tiers == tier
+        allowed = np.nonzero(candidate_tiers == tier)[0]
+        if allowed.size == 0:
+            allowed = np.nonzero(candidate_tiers >= tier)[0]
+        best = allowed[np.argmax(np.round(rewards[members][:, allowed].mean(axis=0), 12))]
+        centers.append(z[members].mean(axis=0))
+        exits.append(candidates[best])
+        sizes.append(int(members.sum()))
+    return RoutingStage(mean, scale, np.array(centers), np.array(exits, dtype=np.int64), np.array(sizes))
+
+
+def pool_tiers_from_exits(exits: np.ndarray, candidates: np.ndarray, candidate_tiers: np.ndarray) -> np.ndarray:
+    """Tier of the first candidate exit >= each sample's exit (the last candidate if none)."""
+    index = np.minimum(np.searchsorted(candidates, exits, side="left"), candidates.size - 1)
+    return candidate_tiers[index]
+
+
+def cheapest_correct_exits(correct: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Per sample, the first candidate exit that is right (the last candidate if none)."""
+    block = correct[:, candidates - 1]
+    return np.where(block.any(axis=1), candidates[block.argmax(axis=1)], candidates[-1])
+
+
+# ---- the policy -------------------------------------------------------------------------------------------
+@register_policy
+class DimeePolicy(ExitPolicy):
+    """DIMEE tier selection by clustering (module doc). Fitted attributes: ``stage1_``, ``stage2_`` (or
+    None), ``n_clusters_``, ``edge_n_clusters_``, ``cv_rewards_`` / ``edge_cv_rewards_`` (k -> held-out
+    reward), ``tier_shares_`` and ``fit_reward_`` on the fit data.
+
+    With ``feature="embedding"`` the services must pass the sample's embedding feature to every tier that
+    consults stage 1 (mobile always; edge and cloud unless ``edge_stage``).
+    """
+
+    def __init__(
+        self,
+        plan: TierPlan | None = None,
+        cost_model: CostModel | None = None,
+        temperatures: Sequence[float] | None = None,
+        mu: float = 0.1,
+        k_grid: Sequence[int] = tuple(range(2, 13)),
+        feature: str = "profile",
+        profile_features: Sequence[str] = ("confidence",),
+        assignment: str = "clusters",
+        pool_rule: str = "oracle",
+        max_drop: float = 0.01,
+        edge_stage: bool = False,
+        candidate_exits: str = "all",
+        n_folds: int = 3,
+        n_init: int = 4,
+        random_state: int = 0,
+        k_tolerance: float = 0.002,
+        regression_tolerance: float = REGRESSION_TOLERANCE,
+    ):
+        self.plan = plan
+        self.cost_model = cost_model
+        self.temperatures = temperatures
+        self.mu = mu
+        self.k_grid = k_grid
+        self.feature = feature
+        self.profile_features = profile_features
+        self.assignment = assignment
+        self.pool_rule = pool_rule
+        self.max_drop = max_drop
+        self.edge_stage = edge_stage
+        self.candidate_exits = candidate_exits
+        self.n_folds = n_folds
+        self.n_init = n_init
+        self.random_state = random_state
+        self.k_tolerance = k_tolerance
+        self.regression_tolerance = regression_tolerance
+
+    # ---- candidates and features ------------------------------------------------------------------
+    def _validate_params(self) -> None:
+        for name, value, allowed in (
+            ("feature", self.feature, FEATURE_KINDS),
+            ("assignment", self.assignment, ASSIGNMENTS),
+            ("pool_rule", self.pool_rule, POOL_RULES),
+            ("candidate_exits", self.candidate_exits, CANDIDATE_SETS),
+        ):
+            if value not in allowed:
+                raise PolicyError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+        if not np.isfinite(self.mu) or self.mu < 0:
+            raise PolicyError(f"mu must be finite and >= 0, got {self.mu}")
+        if len(self.k_grid) == 0 or any(int(k) != k or int(k) < 1 for k in self.k_grid):
+            raise PolicyError(f"k_grid must be a non-empty list of integers >= 1, got {self.k_grid!r}")
+        if int(self.n_folds) < 2:
+            raise PolicyError(f"n_folds must be >= 2, got {self.n_folds}")
+        if not np.isfinite(self.k_tolerance) or self.k_tolerance < 0:
+            raise PolicyError(f"k_tolerance must be finite and >= 0, got {self.k_tolerance}")
+        if int(self.n_init) < 1:
+            raise PolicyError(f"n_init must be >= 1, got {self.n_init}")
+
+    def _candidates(self, stage: int) -> np.ndarray:
+        """Sorted 1-based candidate exits for stage 1 (mobile decision) or 2 (edge decision)."""
+        m, e, L = self.plan_.mobile_end, self.plan_.edge_end, self.plan_.num_layers
+        if stage == 2:
+            depth = e
+        else:
+            depth = m if self.feature == "profile" else 1
+        if self.candidate_exits == "all":
+            cands = set(range(depth, L + 1))
+        else:
+            cands = {j for j in (m, e, L) if j >= depth}
+        if stage == 1 and self.edge_stage:
+            cands = {j for j in cands if j <= m or j >= e}
+        return np.array(sorted(cands), dtype=np.int64)
+
+    def _stage1_features(self, logits_seen: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        if self.feature == "embedding":
+            if features is None:
+                raise PolicyError(
+                    "this DIMEE policy routes on embedding features: pass them (the [n, d] array used in fit) "
+                    "to fit, predict and decide"
+                )
+            return features
+        m = self.plan_.mobile_end
+        return exit_profile(logits_seen[:, :m], None, tuple(self.profile_features), self._temps(m))
+
+    def _stage2_features(self, logits_seen: np.ndarray) -> np.ndarray:
+        e = self.plan_.edge_end
+        return exit_profile(logits_seen[:, :e], None, tuple(self.profile_features), self._temps(e))
+
+    def _rewards(self, correct: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return correct[:, candidates - 1] - self.mu * self.normalised_exit_costs()[candidates - 1][None, :]
+
+    # ---- fitting ----------------------------------------------------------------------------------
+    def _fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None) -> None:
+        self._validate_params()
+        correct = per_exit_correct(logits, labels, self.regression_tolerance)
+        tiers_of_exit = self.plan_.exit_tiers()
+        threshold_exits = None
+        self.__dict__.pop("pool_threshold_", None)
+        if self.assignment == "pools" and self.pool_rule == "threshold":
+            rule = ThresholdPolicy(
+                plan=self.plan_,
+                cost_model=self.cost_model_,
+                temperatures=None if self.temperatures_ is None else self.temperatures_.tolist(),
+                score="confidence",
+                max_drop=self.max_drop,
+                regression_tolerance=self.regression_tolerance,
+            ).fit(logits, labels)
+            threshold_exits = rule.predict(logits)
+            self.pool_threshold_ = rule.threshold_
+
+        c1 = self._candidates(1)
+        x1 = self._stage1_features(logits, features)
+        self.stage1_, self.n_clusters_, self.cv_rewards_ = self._fit_stage(
+            x1, correct, c1, tiers_of_exit, threshold_exits
+        )
+        self.stage2_, self.edge_n_clusters_, self.edge_cv_rewards_ = None, 0, {}
+        if self.edge_stage:
+            onward = self.stage1_.targets(x1) > self.plan_.mobile_end
+            if not onward.any():
+                onward = np.ones(logits.shape[0], dtype=bool)  # nothing sent on in fit: fit on all samples
+            c2 = self._candidates(2)
+            x2 = self._stage2_features(logits)[onward]
+            sub_thr = None if threshold_exits is None else threshold_exits[onward]
+            self.stage2_, self.edge_n_clusters_, self.edge_cv_rewards_ = self._fit_stage(
+                x2, correct[onward], c2, tiers_of_exit, sub_thr
+            )
+        exits = self.predict(logits, features)
+        self.tier_shares_ = tier_shares(exits, self.plan_)
+        cost = self.normalised_exit_costs()[exits - 1]
+        self.fit_reward_ = float((correct[np.arange(exits.size), exits - 1] - self.mu * cost).mean())
+
+    def _fit_stage(
+        self,
+        x: np.ndarray,
+        correct: np.ndarray,
+        candidates: np.ndarray,
+        tiers_of_exit: np.ndarray,
+        threshold_exits: np.ndarray | None,
+    ) -> tuple[RoutingStage, int, dict[int, float]]:
+        rewards = self._rewards(correct, candidates)
+        if self.assignment == "clusters":
+            return fit_cluster_stage(
+                x,
+                rewards,
+                candidates,
+                self.k_grid,
+                int(self.n_folds),
+                int(self.n_init),
+                int(self.random_state),
+                float(self.k_tolerance),
+            )
+        candidate_tiers = tiers_of_exit[candidates - 1]
+        if self.pool_rule == "oracle":
+            pool_exits = cheapest_correct_exits(correct, candidates)
+        else:
+            pool_exits = threshold_exits
+        pools = pool_tiers_from_exits(pool_exits, candidates, candidate_tiers)
+        stage = fit_pool_stage(x, pools, rewards, candidates, candidate_tiers)
+        return stage, int(stage.exits.size), {}
+
+    # ---- deciding ---------------------------------------------------------------------------------
+    def _decide(self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None) -> np.ndarray:
+        if tier == 0 or self.stage2_ is None:
+            targets = self.stage1_.targets(self._stage1_features(logits_seen, features))
+        else:
+            targets = self.stage2_.targets(self._stage2_features(logits_seen))
+        return route_to_exits(targets, self.plan_, tier)
+
+    def cluster_table(self) -> list[dict[str, Any]]:
+        """One row per centre: stage (1 mobile decision, 2 edge decision), centre index, fit samples, exit, tier."""
+        self._check_fitted()
+        rows = []
+        for stage_no, stage in ((1, self.stage1_), (2, self.stage2_)):
+            if stage is None:
+                continue
+            for index, (size, exit_) in enumerate(zip(stage.sizes, stage.exits)):
+                rows.append(
+                    {
+                        "stage": stage_no,
+                        "cluster": index,
+                        "size": int(size),
+                        "exit": int(exit_),
+                        "tier": TIERS[int(self.plan_.exit_tiers()[exit_ - 1])],
+                    }
+                )
+        return rows
+
+    # ---- serialisation ----------------------------------------------------------------------------
+    def _state_to_dict(self) -> dict[str, Any]:
+        return {
+            "stage1": self.stage1_.to_dict(),
+            "stage2": None if self.stage2_ is None else self.stage2_.to_dict(),
+            "n_clusters": int(self.n_clusters_),
+            "edge_n_clusters": int(self.edge_n_clusters_),
+            "cv_rewards": {str(k): v for k, v in self.cv_rewards_.items()},
+            "edge_cv_rewards": {str(k): v for k, v in self.edge_cv_rewards_.items()},
+            "tier_shares": dict(self.tier_shares_),
+            "fit_reward": self.fit_reward_,
+            "pool_threshold": getattr(self, "pool_threshold_", None),
+        }
+
+    def _state_from_dict(self, state: dict[str, Any]) -> None:
+        self.stage1_ = RoutingStage.from_dict(state["stage1"])
+        self.stage2_ = None if state.get("stage2") is None else RoutingStage.from_dict(state["stage2"])
+        self.n_clusters_ = int(state["n_clusters"])
+        self.edge_n_clusters_ = int(state["edge_n_clusters"])
+        self.cv_rewards_ = {int(k): float(v) for k, v in state.get("cv_rewards", {}).items()}
+        self.edge_cv_rewards_ = {int(k): float(v) for k, v in state.get("edge_cv_rewards", {}).items()}
+        self.tier_shares_ = {k: float(v) for k, v in state["tier_shares"].items()}
+        self.fit_reward_ = float(state["fit_reward"])
+        if state.get("pool_threshold") is not None:
+            self.pool_threshold_ = float(state["pool_threshold"])

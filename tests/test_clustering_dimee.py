@@ -1,0 +1,163 @@
+"""DIMEE on synthetic cached logits with known difficulty groups (fit on one draw, check on another)."""
+
+import numpy as np
+import pytest
+
+from clustering import DimeePolicy, Group, PolicyError, evaluate_exits, make_exit_logits, tier_shares
+from tiers import CostModel, TierPlan
+
+PLAN = TierPlan(2, 4, 6)
+# easy: right and confident from exit 1; moderate: right from exit 3, mid confidence before; hard: right at 6 only
+GROUPS = [Group(150, 1, 0.3), Group(150, 3, 1.5), Group(150, 6, 0.0)]
+SMALL_GRID = (2, 3, 4, 6)
+
+
+def draw(seed: int, groups=GROUPS, **kwargs):
+    return make_exit_logits(groups, seed=seed, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fit_test():
+    return draw(0), draw(1)
+
+
+def share_at(exits: np.ndarray, mask: np.ndarray, allowed: set[int]) -> float:
+    return float(np.isin(exits[mask], list(allowed)).mean())
+
+
+def test_groups_go_to_the_right_tier(fit_test):
+    fit, test = fit_test
+    policy = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit(fit.logits, fit.labels)
+    exits = policy.predict(test.logits)
+    assert share_at(exits, test.groups == 0, {2}) >= 0.97  # mobile profile: answered at exit m
+    assert share_at(exits, test.groups == 1, {3, 4}) >= 0.95  # edge
+    assert share_at(exits, test.groups == 2, {5, 6}) >= 0.97  # cloud
+    assert policy.n_clusters_ in SMALL_GRID
+    assert set(policy.cv_rewards_) == set(SMALL_GRID)
+    assert sum(policy.tier_shares_.values()) == pytest.approx(1.0)
+    assert policy.tier_shares_ == tier_shares(policy.predict(fit.logits), PLAN)
+    assert {row["tier"] for row in policy.cluster_table()} == {"mobile", "edge", "cloud"}
+
+
+def test_k_is_chosen_by_held_out_reward_not_fixed(fit_test):
+    fit, _ = fit_test
+    policy = DimeePolicy(plan=PLAN, k_grid=(2, 3, 8), k_tolerance=0.0).fit(fit.logits, fit.labels)
+    assert policy.n_clusters_ == max(policy.cv_rewards_, key=lambda k: (policy.cv_rewards_[k], -k))
+    # two clusters cannot separate three groups: held-out reward is lower than with 3
+    assert policy.cv_rewards_[2] < policy.cv_rewards_[3]
+    assert DimeePolicy(plan=PLAN, k_grid=(5,)).fit(fit.logits, fit.labels).n_clusters_ == 5
+
+
+def test_reward_weight_mu_moves_samples_down_the_tiers(fit_test):
+    fit, test = fit_test
+    cheap = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, mu=5.0).fit(fit.logits, fit.labels)
+    assert tier_shares(cheap.predict(test.logits), PLAN)["mobile"] == pytest.approx(1.0)
+    accurate = evaluate_exits(
+        DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, mu=0.0).fit(fit.logits, fit.labels).predict(test.logits),
+        test.logits,
+        test.labels,
+        PLAN,
+        CostModel(),
+    )
+    assert accurate["accuracy_drop"] <= 0.01
+
+
+def test_edge_stage_separates_what_mobile_cannot():
+    # moderate and hard look the same on mobile (same weak early margin); they differ from exit 3 on
+    groups = [Group(150, 1, 0.3), Group(150, 3, 0.0), Group(150, 6, 0.0)]
+    fit, test = draw(0, groups), draw(1, groups)
+    one_stage = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit(fit.logits, fit.labels)
+    two_stage = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, edge_stage=True).fit(fit.logits, fit.labels)
+    moderate = test.groups == 1
+    assert share_at(one_stage.predict(test.logits), moderate, {5, 6}) >= 0.9  # sent on to be safe
+    exits = two_stage.predict(test.logits)
+    assert share_at(exits, moderate, {4}) >= 0.95  # the edge stage keeps them on edge, at exit e
+    assert share_at(exits, test.groups == 2, {6}) >= 0.95
+    assert two_stage.stage2_ is not None and two_stage.edge_n_clusters_ >= 1
+    r1 = evaluate_exits(one_stage.predict(test.logits), test.logits, test.labels, PLAN, CostModel())
+    r2 = evaluate_exits(exits, test.logits, test.labels, PLAN, CostModel())
+    assert r2["normalised_cost"] < r1["normalised_cost"] and r2["accuracy"] >= r1["accuracy"] - 0.01
+
+
+def test_embedding_feature_routes_before_any_layer(fit_test):
+    fit, test = fit_test
+    policy = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, feature="embedding").fit(
+        fit.logits, fit.labels, fit.embeddings
+    )
+    exits = policy.predict(test.logits, test.embeddings)
+    assert share_at(exits, test.groups == 0, {1}) >= 0.97  # any mobile exit is honest: the cheapest right one
+    assert share_at(exits, test.groups == 1, {3}) >= 0.95
+    assert share_at(exits, test.groups == 2, {6}) >= 0.95
+    with pytest.raises(PolicyError, match="embedding"):
+        policy.predict(test.logits)
+    with pytest.raises(PolicyError, match="embedding"):
+        DimeePolicy(plan=PLAN, feature="embedding").fit(fit.logits, fit.labels)
+
+
+def test_reward_clusters_beat_pools_when_a_group_is_a_coin_flip_early():
+    # middle group: looks fairly confident on mobile but is right there only half the time; right at exit 6.
+    # Pools label by the cheapest right tier, so half of it joins the mobile pool and the group is answered
+    # on mobile; reward-labelled clusters see the cluster's mean accuracy and send it to cloud.
+    groups = [Group(200, 1, 0.3), Group(200, 6, 2.0, early_correct_prob=0.5), Group(200, 6, 0.0)]
+    fit, test = draw(0, groups), draw(1, groups)
+    results = {}
+    for assignment in ("clusters", "pools"):
+        policy = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, assignment=assignment).fit(fit.logits, fit.labels)
+        result = evaluate_exits(policy.predict(test.logits), test.logits, test.labels, PLAN, CostModel())
+        results[assignment] = result["accuracy"] - policy.mu * result["normalised_cost"], result["accuracy"]
+    assert results["clusters"][0] > results["pools"][0] + 0.1
+    assert results["clusters"][1] > results["pools"][1] + 0.2
+
+
+@pytest.mark.parametrize("pool_rule", ["oracle", "threshold"])
+def test_pools_route_separable_groups(fit_test, pool_rule):
+    fit, test = fit_test
+    policy = DimeePolicy(plan=PLAN, assignment="pools", pool_rule=pool_rule).fit(fit.logits, fit.labels)
+    exits = policy.predict(test.logits)
+    assert share_at(exits, test.groups == 0, {2}) >= 0.97
+    assert share_at(exits, test.groups == 2, {6}) >= 0.95
+    assert policy.n_clusters_ == 3
+
+
+def test_regression_easy_to_mobile_hard_to_cloud():
+    groups = [Group(150, 1), Group(150, 6)]
+    fit, test = draw(0, groups, n_classes=1), draw(1, groups, n_classes=1)
+    policy = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit(fit.logits, fit.labels)
+    exits = policy.predict(test.logits)
+    assert share_at(exits, test.groups == 0, {2}) >= 0.95
+    assert share_at(exits, test.groups == 1, {6}) >= 0.95
+
+
+def test_tier_ends_candidates_and_unit_temperatures(fit_test):
+    fit, test = fit_test
+    ends = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, candidate_exits="tier_ends").fit(fit.logits, fit.labels)
+    assert set(np.unique(ends.predict(test.logits))) <= {2, 4, 6}
+    plain = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit(fit.logits, fit.labels)
+    unit = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, temperatures=[1.0] * 6).fit(fit.logits, fit.labels)
+    np.testing.assert_array_equal(plain.predict(test.logits), unit.predict(test.logits))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"assignment": "nearest"},
+        {"feature": "tokens"},
+        {"k_grid": ()},
+        {"k_grid": (0, 2)},
+        {"mu": -1.0},
+        {"n_folds": 1},
+    ],
+)
+def test_bad_params(fit_test, params):
+    fit, _ = fit_test
+    policy = DimeePolicy(plan=PLAN, **params)
+    with pytest.raises(PolicyError):
+        policy.fit(fit.logits, fit.labels)
+    with pytest.raises(PolicyError, match="not fitted"):  # a failed fit leaves nothing half-fitted
+        policy.predict(fit.logits)
+
+
+def test_tiny_fit_set_falls_back_to_one_cluster():
+    data = draw(0, [Group(2, 1), Group(2, 6)])
+    policy = DimeePolicy(plan=PLAN).fit(data.logits, data.labels)
+    assert policy.n_clusters_ == 1 and policy.cv_rewards_ == {}
