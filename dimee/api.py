@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from clustering import AllCloudPolicy
 from glue_eval.metrics import predictions_from_logits, primary_metric
+from glue_eval.report import evaluate_policy_on_run, fit_run_policy
 from glue_eval.training import TrainConfig, train_run
-from tiers import EarlyExitModel, read_run_info, tokenize_for_inference
+from tiers import EarlyExitModel, read_cached_split, read_run_info, tokenize_for_inference
 from tiers.run import METRICS_FILE
 
 
@@ -71,6 +73,7 @@ def run_demo(
     train_subset: int = 2000,
     epochs: float = 1.0,
     data_dir: str | None = None,
+    max_drop: float = 0.003,
 ) -> dict:
     """The README's main job: brief SST-2 fine-tune of the offline encoder, then the per-exit table."""
     config = TrainConfig(
@@ -86,4 +89,20 @@ def run_demo(
     table = exit_table(run)
     print("\nPer-exit accuracy on the SST-2 validation split (cost normalised by all-cloud = 1.0):")
     print(table.to_string(index=False))
-    return {"run_dir": str(run), "exit_table": table}
+    policy, mu = fit_run_policy(run, max_drop=max_drop)
+    dimee = evaluate_policy_on_run(policy, run)
+    cloud = evaluate_policy_on_run(AllCloudPolicy(policy.plan, policy.cost_model).fit(*_calibration(run)), run)
+    print(f"\nDIMEE policy (mu={mu}, {policy.n_clusters_} clusters, fitted on the calibration split) on validation:")
+    for name, row in (("all-cloud", cloud), ("DIMEE", dimee)):
+        print(
+            f"  {name:9s} accuracy {row['metric']:6.2f}  drop {row['drop']:+5.2f} pts  cost {row['normalised_cost']:.3f}"
+            f"  ({row['cost_reduction_%']:+.1f}% vs all-cloud reference)  tiers m/e/c "
+            f"{row['mobile']:.2f}/{row['edge']:.2f}/{row['cloud']:.2f}"
+        )
+    print(f"policy saved to {Path(run) / 'policy.json'}; serve it with `dimee serve-all {run}`")
+    return {"run_dir": str(run), "exit_table": table, "dimee": dimee, "all_cloud": cloud, "mu": mu}
+
+
+def _calibration(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    split = read_cached_split(run, "calibration")
+    return split.logits, split.labels

@@ -1,0 +1,196 @@
+"""Policy comparison at an operating point, from a run's cached logits (no model is run).
+
+Protocol, the same for every policy with a knob (DIMEE's mu, a threshold rule's confidence threshold,
+patience's k): the knob is chosen on the held-out calibration split only, by two-fold cross-fitting
+(fit on one half, measure the accuracy drop on the other, both ways), as the cheapest knob whose drop is
+within the target. The policy is then refitted on the whole calibration split with that knob and scored
+once on the evaluation split. Knob-free baselines (all-*, oracle) and the random baseline (DIMEE's tier
+shares) need no choice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clustering import (
+    AllCloudPolicy,
+    AllEdgePolicy,
+    AllMobilePolicy,
+    DimeePolicy,
+    ExitPolicy,
+    OraclePolicy,
+    PatiencePolicy,
+    RandomTierPolicy,
+    ThresholdPolicy,
+    evaluate_exits,
+)
+from tiers import CachedSplit, CostModel, TierPlan, read_cached_split, read_run_info
+from tiers.run import POLICY_FILE
+
+from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
+
+CALIBRATION = "calibration"
+VALIDATION = "validation"
+MU_GRID = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """A policy family with one knob; `build(knob)` gives an unfitted policy."""
+
+    name: str
+    knobs: Sequence[float]
+    build: Callable[[float], ExitPolicy]
+    cheaper_first: bool  # True if knobs are ordered from cheapest to dearest
+
+
+def tunable_policies(plan: TierPlan, cost: CostModel) -> list[Tunable]:
+    """The knob-bearing policies compared in the report."""
+    thresholds = tuple(np.round(np.linspace(0.5, 0.999, 60), 4))
+    return [
+        Tunable("dimee", sorted(MU_GRID, reverse=True), lambda mu: DimeePolicy(plan, cost, mu=mu), True),
+        Tunable(
+            "dimee-edge",
+            sorted(MU_GRID, reverse=True),
+            lambda mu: DimeePolicy(plan, cost, mu=mu, edge_stage=True),
+            True,
+        ),
+        Tunable(
+            "threshold",
+            thresholds,
+            lambda t: ThresholdPolicy(plan, cost, score="confidence", threshold=float(t)),
+            True,
+        ),
+        Tunable(
+            "entropy",
+            tuple(np.round(np.linspace(0.9, 0.005, 60), 4)),
+            lambda t: ThresholdPolicy(plan, cost, score="entropy", threshold=float(t)),
+            True,
+        ),
+        Tunable("patience", tuple(range(1, plan.num_layers)), lambda k: PatiencePolicy(plan, cost, patience=int(k)), True),
+    ]
+
+
+def _subset(split: CachedSplit, rows: np.ndarray) -> CachedSplit:
+    emb = None if split.embedding is None else split.embedding[rows]
+    return CachedSplit(split.logits[rows], split.labels[rows], split.token_counts[rows], emb)
+
+
+def _score(policy: ExitPolicy, split: CachedSplit, plan: TierPlan, cost: CostModel, task: str) -> dict:
+    labels = split.labels if getattr(policy, "requires_labels", False) else None
+    exits = policy.predict(split.logits, features=split.embedding, labels=labels)
+    result = evaluate_exits(exits, split.logits, split.labels, plan, cost)
+    chosen = predictions_from_logits(task, split.logits[np.arange(len(exits)), exits - 1])
+    final = predictions_from_logits(task, split.logits[:, -1])
+    metric = primary_metric(task)
+    result["metric"] = compute_glue_metrics(task, chosen, split.labels)[metric]
+    result["final_metric"] = compute_glue_metrics(task, final, split.labels)[metric]
+    result["exits"] = exits
+    return result
+
+
+def choose_knob(
+    family: Tunable, fit: CachedSplit, plan: TierPlan, cost: CostModel, task: str, max_drop: float, seed: int = 0
+) -> tuple[float, float]:
+    """Cheapest knob whose two-fold cross-fitted drop of the task metric is <= max_drop (points / 100).
+
+    Falls back to the knob with the smallest drop if none qualifies. Returns (knob, cross-fitted drop).
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(fit.labels))
+    halves = (order[: len(order) // 2], order[len(order) // 2 :])
+    best: tuple[float, float, float] | None = None  # (cost, drop, knob)
+    fallback: tuple[float, float] | None = None
+    for knob in family.knobs:
+        drops, costs = [], []
+        for a, b in (halves, halves[::-1]):
+            part_a, part_b = _subset(fit, a), _subset(fit, b)
+            policy = family.build(knob).fit(part_a.logits, part_a.labels, features=part_a.embedding)
+            scored = _score(policy, part_b, plan, cost, task)
+            drops.append(scored["final_metric"] - scored["metric"])
+            costs.append(scored["normalised_cost"])
+        drop, mean_cost = float(np.mean(drops)), float(np.mean(costs))
+        if fallback is None or drop < fallback[1]:
+            fallback = (knob, drop)
+        if drop <= max_drop and (best is None or mean_cost < best[0]):
+            best = (mean_cost, drop, knob)
+    if best is None:
+        return fallback
+    return best[2], best[1]
+
+
+def _row(name: str, knob, cv_drop, scored: dict, task: str) -> dict:
+    shares = scored["tier_shares"]
+    return {
+        "task": task,
+        "policy": name,
+        "knob": knob,
+        "cv_drop": None if cv_drop is None else round(100 * cv_drop, 2),
+        "metric": round(100 * scored["metric"], 2),
+        "drop": round(100 * (scored["final_metric"] - scored["metric"]), 2),
+        "normalised_cost": round(scored["normalised_cost"], 4),
+        "cost_reduction_%": round(100 * scored["cost_reduction"], 1),
+        "mobile": round(shares["mobile"], 3),
+        "edge": round(shares["edge"], 3),
+        "cloud": round(shares["cloud"], 3),
+    }
+
+
+def compare_policies(
+    run_dir: str | Path,
+    max_drop: float = 0.003,
+    fit_split: str = CALIBRATION,
+    eval_split: str = VALIDATION,
+    cost_model: CostModel | None = None,
+    families: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One row per policy at the operating point (drop <= max_drop chosen on the fit split), scored on eval."""
+    info = read_run_info(run_dir)
+    plan, cost, task = info.plan, cost_model or info.cost_model, info.task
+    fit, evaluation = read_cached_split(run_dir, fit_split), read_cached_split(run_dir, eval_split)
+    rows = []
+    fixed = [("all-mobile", AllMobilePolicy(plan, cost)), ("all-edge", AllEdgePolicy(plan, cost)), ("all-cloud", AllCloudPolicy(plan, cost))]
+    for name, policy in fixed:
+        rows.append(_row(name, None, None, _score(policy.fit(fit.logits, fit.labels), evaluation, plan, cost, task), task))
+    dimee_exits = None
+    for family in tunable_policies(plan, cost):
+        if families is not None and family.name not in families:
+            continue
+        knob, cv_drop = choose_knob(family, fit, plan, cost, task, max_drop)
+        policy = family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding)
+        scored = _score(policy, evaluation, plan, cost, task)
+        if family.name == "dimee":
+            dimee_exits = scored["exits"]
+        rows.append(_row(family.name, knob, cv_drop, scored, task))
+    if dimee_exits is not None:
+        random = RandomTierPolicy(plan, cost, seed=0).fit(evaluation.logits, evaluation.labels, reference_exits=dimee_exits)
+        rows.append(_row("random (DIMEE shares)", None, None, _score(random, evaluation, plan, cost, task), task))
+    oracle = OraclePolicy(plan, cost).fit(fit.logits, fit.labels)
+    rows.append(_row("oracle", None, None, _score(oracle, evaluation, plan, cost, task), task))
+    return pd.DataFrame(rows)
+
+
+def fit_run_policy(
+    run_dir: str | Path, max_drop: float = 0.003, fit_split: str = CALIBRATION, edge_stage: bool = False
+) -> tuple[DimeePolicy, float]:
+    """Fit the DIMEE policy for deployment (mu chosen as in the report) and store it in the run folder."""
+    info = read_run_info(run_dir)
+    fit = read_cached_split(run_dir, fit_split)
+    family = next(f for f in tunable_policies(info.plan, info.cost_model) if f.name == ("dimee-edge" if edge_stage else "dimee"))
+    mu, _ = choose_knob(family, fit, info.plan, info.cost_model, info.task, max_drop)
+    policy = family.build(mu).fit(fit.logits, fit.labels, features=fit.embedding)
+    (Path(run_dir) / POLICY_FILE).write_text(json.dumps(policy.to_dict()))
+    return policy, mu
+
+
+def evaluate_policy_on_run(policy: ExitPolicy, run_dir: str | Path, split: str = VALIDATION) -> dict:
+    """Score a fitted policy on a cached split of its run (task metric, drop, cost, tier shares)."""
+    info = read_run_info(run_dir)
+    scored = _score(policy, read_cached_split(run_dir, split), info.plan, info.cost_model, info.task)
+    return _row(type(policy).__name__, None, None, scored, info.task)
