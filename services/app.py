@@ -1,0 +1,252 @@
+"""The FastAPI app of one tier: `create_app(settings)` serves mobile, edge or cloud.
+
+Mobile:  POST /v1/classify (JSON texts) -> answers, handing hidden states to edge when the policy says so.
+Edge:    POST /v1/handoff (binary hidden states) -> continues from layer m+1, answers or hands off to cloud.
+Cloud:   POST /v1/handoff -> finishes at layer L.
+All:     GET /healthz, /readyz, /metrics (Prometheus text).
+
+Bad input is always a 4xx with a reason (JSON {"detail": ...}), never a 5xx.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from tiers import CONTENT_TYPE
+
+from .batching import BatcherClosed
+from .handoff import (
+    META_HEADER,
+    REQUEST_ID_HEADER,
+    TOKEN_HEADER,
+    InputError,
+    check_content_type,
+    check_token,
+    parse_meta,
+    read_body,
+)
+from .metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
+from .schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, HandoffResponse
+from .settings import TierSettings
+from .tier import TierService
+
+log = logging.getLogger("services.app")
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("dimee_request_id", default="-")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+KNOWN_PATHS = frozenset({"/v1/classify", "/v1/handoff", "/healthz", "/readyz", "/metrics"})
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record, so a log format can print it (`%(request_id)s`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def current_request_id() -> str:
+    return request_id_var.get()
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware: request id in (X-Request-ID, or a new one) and out, per-endpoint metrics.
+
+    Written without BaseHTTPMiddleware so that the request body stream reaches the endpoint untouched
+    (the handoff endpoint caps it while reading).
+    """
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        path = scope.get("path", "")
+        endpoint = path if path in KNOWN_PATHS else "other"
+        status = {"code": 500}
+        start = time.perf_counter()
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.requests.inc(endpoint, status["code"])
+            self.metrics.latency.observe(time.perf_counter() - start, endpoint)
+            request_id_var.reset(token)
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail, "request_id": current_request_id()}, status_code=status)
+
+
+_ERRORS = {
+    400: {"model": ErrorResponse, "description": "malformed body or header"},
+    413: {"model": ErrorResponse, "description": "body larger than the configured limit"},
+    415: {"model": ErrorResponse, "description": "wrong Content-Type"},
+    422: {"model": ErrorResponse, "description": "well-formed but unusable input (empty or too long text, ...)"},
+}
+
+
+def create_app(settings: TierSettings) -> FastAPI:
+    """The app of `settings.tier`; it loads only that tier's weights (at startup, in the lifespan)."""
+    service = TierService(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title=f"DIMEE {settings.tier} tier",
+        version="1",
+        description=(
+            f"{settings.tier.capitalize()} tier of a three-tier early-exit classifier "
+            f"({service.info.task}, plan {service.plan.spec}: layers {service.first_layer}..{service.last_layer} "
+            f"of {service.plan.num_layers} run here)."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(RequestContextMiddleware, metrics=service.metrics)
+    _add_error_handlers(app)
+    _add_operations(app, service)
+    if settings.tier == "mobile":
+        _add_classify(app, service)
+    else:
+        _add_handoff(app, service)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InputError)
+    async def input_error(_request: Request, err: InputError) -> JSONResponse:
+        return _error(err.status, err.detail)
+
+    @app.exception_handler(BatcherClosed)
+    async def closing(_request: Request, err: BatcherClosed) -> JSONResponse:
+        return _error(503, str(err))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        rid = current_request_id()
+        return _error(500, f"internal error ({type(err).__name__}); see the service log for request {rid}")
+
+
+def _add_operations(app: FastAPI, service: TierService) -> None:
+    @app.get("/healthz", tags=["operations"], summary="Process alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "tier": service.tier}
+
+    @app.get("/readyz", tags=["operations"], summary="Model loaded and next tier reachable")
+    async def readyz() -> JSONResponse:
+        ready, checks = await service.readiness()
+        body = {"ready": ready, "tier": service.tier, "plan": service.plan.spec, **checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def _add_classify(app: FastAPI, service: TierService) -> None:
+    schema = ClassifyRequest.model_json_schema()
+    fields = service.info.text_fields
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=_ERRORS,
+        tags=["inference"],
+        summary="Classify texts",
+        description=(
+            f"Classify one or several texts ({service.info.task}; text fields {fields}). Mobile runs layers "
+            f"1..{service.last_layer}; the policy answers here or hands the hidden states to edge (and cloud). "
+            "Texts are never truncated: a text over the token limit gets 422. Each prediction carries the tier "
+            "and exit that answered, a degraded flag (next tier down or late), and its cost breakdown."
+        ),
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+    )
+    async def classify(request: Request) -> ClassifyResponse:
+        media = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise InputError(415, f"Content-Type must be application/json, got {media}")
+        raw = await read_body(request, service.settings.max_json_bytes)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(400, f"body is not valid UTF-8 (byte {err.start})") from err
+        try:
+            payload = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise InputError(400, f"body is not valid JSON ({str(err)[:200]})") from err
+        if not isinstance(payload, dict):
+            raise InputError(422, "body must be a JSON object such as {\"text\": \"...\"}")
+        return await service.classify(payload, current_request_id())
+
+
+def _add_handoff(app: FastAPI, service: TierService) -> None:
+    settings = service.settings
+
+    @app.post(
+        "/v1/handoff",
+        response_model=HandoffResponse,
+        responses={
+            401: {"model": ErrorResponse, "description": f"missing {TOKEN_HEADER}"},
+            403: {"model": ErrorResponse, "description": f"wrong {TOKEN_HEADER}"},
+            431: {"model": ErrorResponse, "description": f"{META_HEADER} too large"},
+            **_ERRORS,
+        },
+        tags=["inference"],
+        summary="Continue from handed-over hidden states (tier to tier)",
+        description=(
+            f"Body: hidden states of the real tokens in the tiers codec (Content-Type {CONTENT_TYPE}; "
+            f"continues at layer {service.first_layer}). Header {META_HEADER}: JSON with the earlier exits' "
+            f"logits, the sender's deadline budget and forcing. Requires {TOKEN_HEADER}."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "parameters": [
+                {"name": TOKEN_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
+                {"name": META_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
+                {"name": REQUEST_ID_HEADER, "in": "header", "required": False, "schema": {"type": "string"}},
+            ],
+        },
+    )
+    async def handoff(request: Request) -> HandoffResponse:
+        start = time.perf_counter()
+        check_token(request, settings.token)
+        check_content_type(request, CONTENT_TYPE)
+        meta = parse_meta(request.headers.get(META_HEADER), settings.max_meta_bytes)
+        body = await read_body(request, settings.max_body_bytes)
+        answers, server_ms = await service.handoff(meta, body, current_request_id(), start)
+        return HandoffResponse(request_id=current_request_id(), server_ms=server_ms, answers=answers)

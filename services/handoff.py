@@ -1,0 +1,154 @@
+"""Both ends of a handoff over HTTP: checks on the receiving side, the pooled client on the sending side.
+
+Wire format: POST <next>/v1/handoff, Content-Type tiers.CONTENT_TYPE, body = tiers.encode_handoff bytes,
+headers X-DIMEE-Token (shared secret), X-Request-ID, X-DIMEE-Meta (HandoffMeta as JSON). The answer is a
+HandoffResponse in JSON. Nothing is ever unpickled; the body is parsed only by tiers.decode_handoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+
+import httpx
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from tiers import CONTENT_TYPE
+
+from .schemas import HandoffMeta, HandoffResponse
+
+TOKEN_HEADER = "X-DIMEE-Token"
+META_HEADER = "X-DIMEE-Meta"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class InputError(Exception):
+    """A request this service refuses, with the HTTP status and a reason for the client."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class HandoffFailed(Exception):
+    """The next tier did not answer usefully; `category` is a short, fixed label for metrics."""
+
+    def __init__(self, category: str, detail: str) -> None:
+        super().__init__(detail)
+        self.category = category
+        self.detail = detail
+
+
+# ---- receiving side ----------------------------------------------------------------------------------------
+def check_token(request: Request, expected: str) -> None:
+    """401 without a token, 403 with a wrong one; constant-time comparison."""
+    given = request.headers.get(TOKEN_HEADER)
+    if not given:
+        raise InputError(401, f"missing {TOKEN_HEADER} header: handoffs need the shared token")
+    if not expected or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
+        raise InputError(403, f"wrong {TOKEN_HEADER}")
+
+
+def check_content_type(request: Request, expected: str) -> None:
+    given = request.headers.get("content-type", "")
+    media = given.split(";", 1)[0].strip().lower()
+    if media != expected:
+        raise InputError(415, f"Content-Type must be {expected}, got {given or 'none'}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes.
+
+    Content-Length is checked before reading anything; the stream is also capped, so a body sent without
+    a length (chunked) or with a false one never grows past the limit in memory.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise InputError(400, f"invalid Content-Length {declared!r}")
+        if int(declared) > limit:
+            raise InputError(413, f"body of {int(declared)} bytes exceeds this tier's limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError(413, f"body exceeds this tier's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_meta(raw: str | None, limit: int) -> HandoffMeta:
+    if raw is None:
+        raise InputError(400, f"missing {META_HEADER} header")
+    if len(raw) > limit:
+        raise InputError(431, f"{META_HEADER} of {len(raw)} bytes exceeds the limit of {limit}")
+    try:
+        return HandoffMeta.model_validate_json(raw)
+    except ValidationError as err:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'meta'}: {e['msg']}" for e in err.errors())
+        raise InputError(400, f"invalid {META_HEADER}: {reasons}") from err
+
+
+# ---- sending side ------------------------------------------------------------------------------------------
+def make_client(request_timeout_s: float, connect_timeout_s: float) -> httpx.AsyncClient:
+    """One pooled client per service. trust_env=False: a proxy from the environment must never see the
+    hidden states or the token (and loopback traffic must not be routed through one)."""
+    timeout = httpx.Timeout(request_timeout_s, connect=min(connect_timeout_s, request_timeout_s))
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, follow_redirects=False)
+
+
+async def post_handoff(
+    client: httpx.AsyncClient,
+    base_url: str,
+    token: str,
+    request_id: str,
+    body: bytes,
+    meta: HandoffMeta,
+    timeout_s: float,
+    expected_answers: int,
+) -> tuple[HandoffResponse, float]:
+    """Send one handoff; return the next tier's response and the round-trip time in ms.
+
+    `timeout_s` bounds the whole exchange (asyncio.wait_for), not only each socket operation.
+    """
+    headers = {
+        "Content-Type": CONTENT_TYPE,
+        TOKEN_HEADER: token,
+        REQUEST_ID_HEADER: request_id,
+        META_HEADER: meta.model_dump_json(),
+    }
+    start = time.perf_counter()
+    try:
+        response = await asyncio.wait_for(
+            client.post(f"{base_url}/v1/handoff", content=body, headers=headers, timeout=timeout_s), timeout_s
+        )
+    except (asyncio.TimeoutError, httpx.TimeoutException) as err:
+        raise HandoffFailed("timeout", f"next tier did not answer within {timeout_s * 1000:.0f} ms") from err
+    except httpx.HTTPError as err:
+        raise HandoffFailed("unreachable", f"next tier unreachable ({type(err).__name__}: {err})") from err
+    rtt_ms = (time.perf_counter() - start) * 1000
+    if response.status_code != 200:
+        raise HandoffFailed("error_status", f"next tier answered {response.status_code}: {_error_detail(response)}")
+    try:
+        parsed = HandoffResponse.model_validate_json(response.content)
+    except ValidationError as err:
+        detail = f"next tier's answer is not a handoff response ({err.error_count()} errors)"
+        raise HandoffFailed("bad_response", detail) from err
+    if len(parsed.answers) != expected_answers:
+        raise HandoffFailed(
+            "bad_response", f"next tier returned {len(parsed.answers)} answers for {expected_answers} samples"
+        )
+    return parsed, rtt_ms
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        return str(json.loads(response.content).get("detail", ""))[:300]
+    except (ValueError, AttributeError):
+        return response.text[:300]

@@ -1,0 +1,166 @@
+"""Request and response bodies (pydantic), and the X-DIMEE-Meta header that travels with a handoff."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+TierName = Literal["mobile", "edge", "cloud"]
+HOPS: tuple[str, str] = ("mobile_edge", "edge_cloud")
+
+
+class ClassifyRequest(BaseModel):
+    """Texts to classify. Give `text` or `texts` (and, for pair tasks, `text_pair` or `text_pairs`); the run's
+    own field names (run.json `text_fields`, e.g. `sentence1`/`sentence2`) are accepted in their place."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"text": "a brilliant, funny film"}, {"texts": ["good", "awful"], "force_tier": "cloud"}]
+        },
+    )
+
+    text: str | None = Field(default=None, description="one text")
+    texts: list[str] | None = Field(default=None, description="several texts, answered in order")
+    text_pair: str | None = Field(default=None, description="second text of a pair task")
+    text_pairs: list[str] | None = Field(default=None, description="second texts of a pair task, one per text")
+    force_tier: TierName | None = Field(
+        default=None, description="answer at this tier's last exit whatever the policy says (tests, comparisons)"
+    )
+
+
+class CostReport(BaseModel):
+    """What answering this sample cost (tiers.CostModel.breakdown) and how long each stage took."""
+
+    layers: dict[str, int] = Field(description="transformer layers run on each tier")
+    bytes_per_hop: dict[str, int] = Field(description="handoff bytes attributable to this sample, per hop")
+    compute_units: dict[str, float]
+    offload_units: dict[str, float]
+    total_units: float = Field(description="sum of compute and offload units")
+    normalised: float = Field(description="total units / the all-cloud reference cost")
+    wall_ms: dict[str, float] = Field(
+        description="measured milliseconds: per tier (arrival to decision) and per hop (round trip minus the "
+        "next tier's own time)"
+    )
+
+
+class Answer(BaseModel):
+    """One sample's answer as a tier produces it (also the unit of a handoff response)."""
+
+    label: int | None = Field(description="predicted class index; None for regression")
+    label_name: str | None
+    probabilities: list[float] | None = Field(description="softmax (after temperature) at the answering exit")
+    score: float | None = Field(default=None, description="regression output")
+    exit: int = Field(description="1-based exit that answered")
+    tier: TierName = Field(description="tier that answered")
+    degraded: bool = Field(description="answered locally because the next tier failed or ran out of time")
+    degraded_reason: str | None = None
+    bytes_per_hop: dict[str, int] = Field(default_factory=dict)
+    wall_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class Prediction(BaseModel):
+    label: int | None
+    label_name: str | None
+    probabilities: list[float] | None
+    score: float | None = None
+    exit: int
+    tier: TierName
+    degraded: bool
+    degraded_reason: str | None = None
+    cost: CostReport
+
+
+class ClassifyResponse(BaseModel):
+    request_id: str
+    task: str
+    plan: str = Field(description="tier plan 'm,e'")
+    policy: str
+    predictions: list[Prediction]
+    wall_ms: float = Field(description="time this request spent in the mobile service")
+
+
+class HandoffResponse(BaseModel):
+    request_id: str
+    server_ms: float = Field(description="time the handoff spent in this tier, next hops included")
+    answers: list[Answer]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    request_id: str | None = None
+
+
+# ---- X-DIMEE-Meta ------------------------------------------------------------------------------------------
+class HandoffMeta(BaseModel):
+    """JSON in the X-DIMEE-Meta header: what the receiver needs beside the hidden states.
+
+    `prior_logits` are the logits of exits 1..prior_exits (the sender's tiers), base64 of little-endian
+    float32 [n, prior_exits, num_labels], so the receiving tier's policy sees exits 1..k as it was fitted.
+    `features` [n, feature_dim] (same packing) travel only for a policy fitted on routing features (DIMEE on
+    the embedding-layer output), which edge and cloud consult with the features mobile computed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    force_tier: TierName | None = None
+    budget_ms: float = Field(gt=0, le=3_600_000, description="how long the sender waits for the answer")
+    n: int = Field(ge=1)
+    prior_exits: int = Field(ge=1)
+    num_labels: int = Field(ge=1)
+    prior_logits: str
+    feature_dim: int | None = Field(default=None, ge=1, le=65536)
+    features: str | None = None
+
+    @classmethod
+    def build(
+        cls, prior: np.ndarray, budget_ms: float, force_tier: str | None, features: np.ndarray | None = None
+    ) -> "HandoffMeta":
+        n, k, classes = prior.shape
+        return cls(
+            force_tier=force_tier,
+            budget_ms=budget_ms,
+            n=n,
+            prior_exits=k,
+            num_labels=classes,
+            prior_logits=_pack(prior),
+            feature_dim=None if features is None else int(features.shape[1]),
+            features=None if features is None else _pack(features),
+        )
+
+    def logits(self) -> np.ndarray:
+        """The prior logits [n, prior_exits, num_labels]; ValueError if they do not match the declared shape."""
+        return _unpack("prior_logits", self.prior_logits, (self.n, self.prior_exits, self.num_labels))
+
+    def feature_array(self) -> np.ndarray | None:
+        """Routing features [n, feature_dim] (float64), or None when none travel with this handoff."""
+        if self.features is None and self.feature_dim is None:
+            return None
+        if self.features is None or self.feature_dim is None:
+            raise ValueError("features and feature_dim go together")
+        return _unpack("features", self.features, (self.n, self.feature_dim)).astype(np.float64)
+
+
+def _pack(values: np.ndarray) -> str:
+    """Base64 of little-endian float32: exact for what the tiers computed in float32, a third of the JSON size."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _unpack(name: str, text: str, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError(f"{name} is not base64 ({err})") from err
+    expected = 4 * int(np.prod(shape))
+    if len(raw) != expected:
+        raise ValueError(f"{name} holds {len(raw)} bytes, expected {expected} for shape {list(shape)}")
+    arr = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contain NaN or infinity")
+    return arr.astype(np.float32)

@@ -1,0 +1,112 @@
+"""Settings of one tier service, read from DIMEE_* environment variables (or passed in directly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tiers import ENCODINGS
+
+TierName = Literal["mobile", "edge", "cloud"]
+Encoding = Literal["fp32", "fp16", "int8"]
+
+#: Default port of each tier when none is given (loopback only unless `host` says otherwise).
+DEFAULT_PORTS: dict[str, int] = {"mobile": 8700, "edge": 8701, "cloud": 8702}
+MIN_TOKEN_CHARS = 16
+
+
+class TierSettings(BaseSettings):
+    """Everything one tier process needs; every field can be set as DIMEE_<FIELD> in the environment.
+
+    The handoff token is a shared secret between the tiers: edge and cloud refuse handoffs without it,
+    and mobile (and edge, towards cloud) sends it. Generate one with
+    `python -c "import secrets; print(secrets.token_urlsafe(32))"`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DIMEE_", extra="ignore", validate_default=True)
+
+    run_dir: Path = Field(description="run folder (encoder, exits, run.json, optional policy.json)")
+    tier: TierName = Field(description="which tier this process serves")
+    plan: str | None = Field(default=None, description="tier plan override 'm,e'; default: run.json's plan")
+    next_url: str | None = Field(
+        default=None, description="base URL of the next tier (edge's for mobile, cloud's for edge)"
+    )
+    host: str = Field(default="127.0.0.1", description="address to bind; loopback unless you mean otherwise")
+    port: int | None = Field(default=None, ge=0, le=65535, description="port; default 8700/8701/8702 by tier")
+    handoff_token: SecretStr | None = Field(default=None, description="shared secret for /v1/handoff")
+
+    request_timeout_s: float = Field(default=10.0, gt=0, description="deadline of one request, all hops included")
+    connect_timeout_s: float = Field(default=2.0, gt=0, description="TCP connect timeout towards the next tier")
+    readiness_timeout_s: float = Field(default=1.0, gt=0, description="timeout of the next tier's /healthz probe")
+
+    max_text_chars: int = Field(default=20_000, ge=1, description="longest text accepted, in characters")
+    max_tokens: int | None = Field(
+        default=None, ge=2, description="longest input in tokens; default run.json max_length"
+    )
+    max_texts: int = Field(default=64, ge=1, description="most samples in one request (and in one handoff body)")
+
+    handoff_encoding: Encoding = Field(default="fp32", description="encoding of hidden states this tier sends")
+    accepted_encodings: Annotated[tuple[Encoding, ...], NoDecode] = Field(
+        default=("fp32", "fp16", "int8"), description="encodings this tier accepts (comma-separated in the env)"
+    )
+
+    batch_window_ms: float = Field(default=5.0, ge=0, description="how long a forward pass waits for company")
+    max_batch_size: int = Field(default=32, ge=1, description="most samples in one forward pass")
+
+    max_body_bytes: int = Field(default=32 * 2**20, ge=1024, description="largest handoff body accepted")
+    max_json_bytes: int = Field(default=2**20, ge=1024, description="largest JSON body accepted by /v1/classify")
+    max_meta_bytes: int = Field(default=64 * 1024, ge=1024, description="largest X-DIMEE-Meta header accepted")
+
+    policy: Literal["auto", "threshold"] = Field(
+        default="auto", description="auto: <run>/policy.json via clustering when present; threshold: built-in rule"
+    )
+    threshold: float = Field(default=0.9, ge=0, le=1, description="built-in rule: answer if max prob >= this")
+    torch_threads: int = Field(default=1, ge=1, description="intra-op threads of the forward pass (set by serve_tier)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("accepted_encodings", mode="before")
+    @classmethod
+    def _split_encodings(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("accepted_encodings")
+    @classmethod
+    def _known_encodings(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(f"accept at least one handoff encoding of {', '.join(ENCODINGS)}")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("next_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"next_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tier_requirements(self) -> "TierSettings":
+        token = self.handoff_token.get_secret_value() if self.handoff_token else ""
+        needs_token = self.tier in ("edge", "cloud") or self.next_url is not None
+        if needs_token and len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"the {self.tier} tier needs DIMEE_HANDOFF_TOKEN (at least {MIN_TOKEN_CHARS} characters, the same on "
+                'every tier); generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+        if self.tier == "cloud" and self.next_url is not None:
+            raise ValueError("the cloud tier is the last one; it takes no next_url")
+        return self
+
+    @property
+    def bind_port(self) -> int:
+        return DEFAULT_PORTS[self.tier] if self.port is None else self.port
+
+    @property
+    def token(self) -> str:
+        return self.handoff_token.get_secret_value() if self.handoff_token else ""
