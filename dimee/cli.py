@@ -91,6 +91,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
+def _register_subcommands() -> None:
+    """Subcommands living in their own modules (imported lazily so `dimee --help` stays fast)."""
+    from dimee import serve_cli
+
+    for module in (serve_cli,):
+        if module.register not in SUBCOMMANDS:
+            SUBCOMMANDS.append(module.register)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from glue_eval.training import TrainConfig
 
@@ -121,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=None)
     demo.set_defaults(func=cmd_demo)
 
+    _register_subcommands()
     for register in SUBCOMMANDS:
         register(sub)
     return parser

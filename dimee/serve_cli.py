@@ -1,0 +1,49 @@
+"""`dimee serve` (one tier) and `dimee serve-all` (all three on loopback, for a local try)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.__main__ import main as serve_main
+
+    return serve_main(args.service_args)
+
+
+def cmd_serve_all(args: argparse.Namespace) -> int:
+    from services import start_all
+
+    env = {"DIMEE_HANDOFF_ENCODING": args.handoff_encoding} if args.handoff_encoding else None
+    with start_all(args.run_dir, base_port=args.base_port, plan=args.plan, env=env, log_dir=args.log_dir) as group:
+        mobile = group.urls["mobile"]
+        print("serving (Ctrl-C stops all three):")
+        for tier, url in group.urls.items():
+            print(f"  {tier:6s} {url}   (log: {group.log_dir}/{tier}.log)")
+        print(
+            f"try:  curl -s -X POST {mobile}/v1/classify -H 'Content-Type: application/json' "
+            "-d '{\"text\": \"a gripping, beautifully shot film\"}'"
+        )
+        try:
+            return group.wait()
+        except KeyboardInterrupt:
+            print("stopping")
+            return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve one tier (all options of `python -m services`, e.g. --tier edge --run-dir RUN --port 8701)",
+        add_help=False,
+    )
+    serve.add_argument("service_args", nargs=argparse.REMAINDER)
+    serve.set_defaults(func=cmd_serve)
+
+    serve_all = sub.add_parser("serve-all", help="start mobile, edge and cloud on 127.0.0.1 and wait")
+    serve_all.add_argument("run_dir")
+    serve_all.add_argument("--base-port", type=int, default=8700, help="mobile's port; edge +1, cloud +2")
+    serve_all.add_argument("--plan", default=None, help="tier plan override 'm,e'")
+    serve_all.add_argument("--handoff-encoding", choices=("fp32", "fp16", "int8"), default=None)
+    serve_all.add_argument("--log-dir", default=None)
+    serve_all.set_defaults(func=cmd_serve_all)
