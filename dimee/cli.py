@@ -81,6 +81,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from glue_eval.report import write_glue_report
+
+    command = "dimee report " + " ".join(args.runs) + f" --out {args.out} --max-drop {args.max_drop}"
+    path = write_glue_report(args.runs, args.out, max_drop=args.max_drop, command=command)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dimee.api import run_demo
 
@@ -122,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="+")
     predict.add_argument("--pair", nargs="+", default=None, help="second texts for pair tasks (one per text)")
     predict.set_defaults(func=cmd_predict)
+
+    report = sub.add_parser("report", help="every policy at the operating point on each run, Pareto plots (results/glue.md)")
+    report.add_argument("runs", nargs="+")
+    report.add_argument("--out", default="results")
+    report.add_argument("--max-drop", type=float, default=0.003, help="target metric drop vs the final exit (0.003 = 0.3 points)")
+    report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the main job: brief SST-2 fine-tune, per-exit table, DIMEE vs all-cloud")
     demo.add_argument("--output", dest="output_dir", default="runs/demo-sst2")

@@ -62,6 +62,12 @@ def tunable_policies(plan: TierPlan, cost: CostModel) -> list[Tunable]:
             True,
         ),
         Tunable(
+            "dimee-cascade",
+            sorted(MU_GRID, reverse=True),
+            lambda mu: DimeePolicy(plan, cost, mu=mu, decision_exits="all"),
+            True,
+        ),
+        Tunable(
             "threshold",
             thresholds,
             lambda t: ThresholdPolicy(plan, cost, score="confidence", threshold=float(t)),
@@ -194,3 +200,97 @@ def evaluate_policy_on_run(policy: ExitPolicy, run_dir: str | Path, split: str =
     info = read_run_info(run_dir)
     scored = _score(policy, read_cached_split(run_dir, split), info.plan, info.cost_model, info.task)
     return _row(type(policy).__name__, None, None, scored, info.task)
+
+
+# ---- the GLUE report: operating-point table and Pareto curves per task ------------------------------------
+def knob_curves(run_dir: str | Path, progress: bool = False) -> pd.DataFrame:
+    """Each policy over its own knob (fit on calibration, scored on validation): the Pareto plot's points."""
+    from .sweep import sweep
+
+    info = read_run_info(run_dir)
+    plan, cost = info.plan, info.cost_model
+    families = {f.name: f for f in tunable_policies(plan, cost)}
+    parts = [sweep(run_dir, "all-mobile,all-edge,all-cloud,oracle", {}, progress=progress)]
+    for name in ("dimee", "dimee-cascade", "threshold", "entropy", "patience"):
+        family = families[name]
+        rows = []
+        for knob in family.knobs:
+            rows.append(sweep(run_dir, [(name, lambda plan, cost_model, f=family, k=knob: f.build(k))], {}, progress=False))
+        parts.append(pd.concat(rows, ignore_index=True))
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_glue_report(
+    runs: Sequence[str | Path], out_dir: str | Path = "results", max_drop: float = 0.003, command: str = ""
+) -> Path:
+    """results/glue.md (+ glue.json, glue_<task>_pareto.png): every policy at the operating point, per task."""
+    from .plots import plot_pareto
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables, notes = [], []
+    for run in runs:
+        info = read_run_info(run)
+        table = compare_policies(run, max_drop=max_drop)
+        tables.append(table)
+        plot_pareto(knob_curves(run), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
+        notes.append(f"- `{run}`: {info.task}, {info.training.get('data', '')}, n_train {info.training.get('n_train')}")
+    combined = pd.concat(tables, ignore_index=True)
+    (out_dir / "glue.json").write_text(combined.to_json(orient="records", indent=1))
+    summary = _summary(combined, max_drop)
+    lines = [
+        "# GLUE: DIMEE and the baselines at the operating point",
+        "",
+        f"Command: `{command}`" if command else "",
+        "",
+        f"Operating point: each policy's knob chosen on the calibration split (two-fold cross-fitting) as the "
+        f"cheapest setting with a task-metric drop <= {100 * max_drop:.1f} points vs the final exit; then fitted "
+        "on the whole calibration split and scored once on validation. `metric` is the task's primary GLUE "
+        "metric (x100), `drop` its loss vs the final exit on validation, cost normalised by the all-cloud "
+        "reference (input sent to the cloud, all L layers there = 1.0). Cost model: the run's (README defaults).",
+        "",
+        "## Summary (policies that kept the drop <= target on validation)",
+        "",
+        markdown_table(summary),
+        "",
+        "## Every policy, every task",
+        "",
+        markdown_table(combined),
+        "",
+        "## Runs",
+        "",
+        *notes,
+        "",
+        "Pareto plots: " + ", ".join(f"`glue_{t}_pareto.png`" for t in combined["task"].unique()),
+    ]
+    path = out_dir / "glue.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _summary(combined: pd.DataFrame, max_drop: float) -> pd.DataFrame:
+    """Per task: DIMEE (best variant) vs the best baseline that met the target on validation, and the oracle."""
+    rows = []
+    for task, group in combined.groupby("task", sort=False):
+        ok = group[group["drop"] <= 100 * max_drop + 1e-9]  # drop is in points
+        def best(names):
+            cands = ok[ok["policy"].isin(names)]
+            return cands.loc[cands["cost_reduction_%"].idxmax()] if len(cands) else None
+        dimee = best(["dimee", "dimee-edge", "dimee-cascade"])
+        base = best(["threshold", "entropy", "patience", "all-mobile", "all-edge"])
+        oracle = group[group["policy"] == "oracle"].iloc[0]
+        rows.append({
+            "task": task,
+            "best DIMEE": None if dimee is None else f"{dimee['policy']}: {dimee['cost_reduction_%']}% (drop {dimee['drop']})",
+            "best baseline": None if base is None else f"{base['policy']}: {base['cost_reduction_%']}% (drop {base['drop']})",
+            "oracle": f"{oracle['cost_reduction_%']}%",
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (no extra dependency)."""
+    cells = [[("" if pd.isna(v) else str(v)) for v in row] for row in df.itertuples(index=False)]
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    return "\n".join([header, rule, *("| " + " | ".join(row) + " |" for row in cells)])

@@ -1,9 +1,11 @@
 """DIMEE on synthetic cached logits with known difficulty groups (fit on one draw, check on another)."""
 
+import json
+
 import numpy as np
 import pytest
 
-from clustering import DimeePolicy, Group, PolicyError, evaluate_exits, make_exit_logits, tier_shares
+from clustering import DimeePolicy, Group, PolicyError, evaluate_exits, make_exit_logits, policy_from_dict, tier_shares
 from tiers import CostModel, TierPlan
 
 PLAN = TierPlan(2, 4, 6)
@@ -161,3 +163,128 @@ def test_tiny_fit_set_falls_back_to_one_cluster():
     data = draw(0, [Group(2, 1), Group(2, 6)])
     policy = DimeePolicy(plan=PLAN).fit(data.logits, data.labels)
     assert policy.n_clusters_ == 1 and policy.cv_rewards_ == {}
+
+
+# ---- cascade mode (a decision after each decision exit) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def cascade(fit_test):
+    fit, _ = fit_test
+    return DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, decision_exits="all").fit(fit.logits, fit.labels)
+
+
+def test_cascade_answers_easy_samples_at_exit_1(fit_test, cascade):
+    fit, test = fit_test
+    exits = cascade.predict(test.logits)
+    assert share_at(exits, test.groups == 0, {1}) >= 0.97  # one mobile layer, like a threshold rule
+    assert share_at(exits, test.groups == 1, {3}) >= 0.95  # right and confident from exit 3: answered there
+    assert share_at(exits, test.groups == 2, {6}) >= 0.97
+    np.testing.assert_array_equal(cascade.decision_exits_, [1, 2, 3, 4, 5])
+    assert len(cascade.cascade_stages_) == 5 and len(cascade.cascade_cv_rewards_) == 5
+    assert all(k in SMALL_GRID for k in cascade.cascade_n_clusters_)
+    assert cascade.n_clusters_ == sum(cascade.cascade_n_clusters_)
+    assert cascade.stage1_ is None and cascade.stage2_ is None
+    assert cascade.tier_shares_ == tier_shares(cascade.predict(fit.logits), PLAN)
+    table = cascade.cluster_table()
+    assert len(table) == cascade.n_clusters_
+    assert {row["exit"] for row in table} <= {0, 1, 2, 3, 4, 5}
+    assert all(row["exit"] in (0, row["decision_exit"]) for row in table)
+    assert {row["tier"] for row in table} >= {"mobile", "edge", "continue"}
+    # the per-tier policy can only answer the easy group at exit m
+    one_shot = evaluate_exits(
+        DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit(fit.logits, fit.labels).predict(test.logits),
+        test.logits,
+        test.labels,
+        PLAN,
+        CostModel(),
+    )
+    result = evaluate_exits(exits, test.logits, test.labels, PLAN, CostModel())
+    assert result["normalised_cost"] < one_shot["normalised_cost"] and result["accuracy"] >= one_shot["accuracy"]
+
+
+def test_cascade_decisions_are_causal(fit_test, cascade):
+    _, test = fit_test
+    exits = cascade.predict(test.logits)
+    rng = np.random.default_rng(7)
+    for j in range(1, PLAN.num_layers):
+        changed = test.logits.copy()
+        changed[:, j:] = rng.normal(0.0, 5.0, size=changed[:, j:].shape)  # exits > j scrambled
+        after = cascade.predict(changed)
+        early = exits <= j
+        np.testing.assert_array_equal(after[early], exits[early])  # answered at <= j: unchanged
+        assert (after[~early] > j).all()  # the others still go past j
+    # decide at mobile sees only exits 1..m; edge only its own decision exits (or hands off)
+    mobile = cascade.decide(test.logits[:, :2], "mobile")
+    np.testing.assert_array_equal(mobile, np.where(exits <= 2, exits, 0))
+    edge = cascade.decide(test.logits[:, :4], "edge")
+    assert set(np.unique(edge)) <= {0, 3, 4}
+    cloud = cascade.decide(test.logits, "cloud")
+    assert set(np.unique(cloud)) <= {5, 6}
+
+
+def test_cascade_round_trip(fit_test, cascade):
+    fit, test = fit_test
+    data = json.loads(json.dumps(cascade.to_dict()))
+    again = policy_from_dict(data)
+    assert again.to_dict() == cascade.to_dict()
+    np.testing.assert_array_equal(again.predict(test.logits), cascade.predict(test.logits))
+    for tier, last in (("mobile", 2), ("edge", 4), ("cloud", 6)):
+        seen = test.logits[:, :last]
+        np.testing.assert_array_equal(again.decide(seen, tier), cascade.decide(seen, tier))
+    assert again.cluster_table() == cascade.cluster_table()
+    assert again.tier_shares_ == cascade.tier_shares_ and again.fit_reward_ == cascade.fit_reward_
+    assert again.cascade_cv_rewards_ == cascade.cascade_cv_rewards_
+    for a, b in zip(again.cascade_stages_, cascade.cascade_stages_):
+        for name in ("mean", "scale", "centers", "exits", "sizes"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_default_is_the_per_tier_policy_and_its_format_is_unchanged(fit_test):
+    fit, test = fit_test
+    plain = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit(fit.logits, fit.labels)
+    data = plain.to_dict()
+    assert plain.decision_exits_ is None and "cascade" not in data["state"]["policy"]
+    # a dict written before cascade mode existed (no decision_exits / cascade_population params) still loads
+    for key in ("decision_exits", "cascade_population"):
+        del data["params"][key]
+    old = policy_from_dict(json.loads(json.dumps(data)))
+    assert old.decision_exits is None and old.decision_exits_ is None
+    np.testing.assert_array_equal(old.predict(test.logits), plain.predict(test.logits))
+
+
+def test_cascade_explicit_exits_and_population(fit_test):
+    fit, test = fit_test
+    ends = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, decision_exits="tier_ends").fit(fit.logits, fit.labels)
+    np.testing.assert_array_equal(ends.decision_exits_, [2, 4])
+    assert set(np.unique(ends.predict(test.logits))) <= {2, 4, 6}
+    explicit = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, decision_exits=[3, 1], cascade_population="reached")
+    explicit.fit(fit.logits, fit.labels)
+    np.testing.assert_array_equal(explicit.decision_exits_, [1, 3])
+    exits = explicit.predict(test.logits)
+    assert set(np.unique(exits)) <= {1, 3, 6}
+    assert share_at(exits, test.groups == 0, {1}) >= 0.97
+    again = policy_from_dict(json.loads(json.dumps(explicit.to_dict())))
+    np.testing.assert_array_equal(again.predict(test.logits), exits)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"decision_exits": "every"},
+        {"decision_exits": 3},
+        {"decision_exits": ()},
+        {"decision_exits": (0, 2)},
+        {"decision_exits": (6,)},
+        {"decision_exits": (1.5,)},
+        {"decision_exits": "all", "cascade_population": "some"},
+        {"decision_exits": "all", "edge_stage": True},
+        {"decision_exits": "all", "feature": "embedding"},
+        {"decision_exits": "all", "assignment": "pools"},
+    ],
+)
+def test_bad_cascade_params(fit_test, params):
+    fit, _ = fit_test
+    policy = DimeePolicy(plan=PLAN, **params)
+    with pytest.raises(PolicyError):
+        policy.fit(fit.logits, fit.labels, fit.embeddings)
+    with pytest.raises(PolicyError, match="not fitted"):
+        policy.predict(fit.logits)
