@@ -36,7 +36,8 @@ from clustering.calibration import (
 from clustering.errors import CalibrationError
 from clustering.profiles import softmax
 from tiers import CachedSplit, RunInfo, read_cached_split, read_run_info
-from tiers.run import TEMPERATURES_FILE
+from tiers.run import TEMPERATURES_FILE, TemperatureFileError
+from tiers.run import read_temperatures as read_run_temperatures
 
 N_BINS = 15
 CALIBRATION = "calibration"
@@ -169,22 +170,15 @@ def read_temperatures(run_dir: str | Path) -> np.ndarray | None:
 
     Raises :class:`CalibrationError` for a damaged file, values that are not finite and > 0, or a count that
     does not match the run's exits (when its run.json is there)."""
-    path = Path(run_dir) / TEMPERATURES_FILE
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        values = data["temperatures"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise CalibrationError(
-            f'{path} is not {{"temperatures": [one number per exit]}} ({err}); rerun `dimee calibrate {run_dir}`'
-        ) from err
     num_layers = None
     try:
         num_layers = read_run_info(run_dir).plan.num_layers
     except ValueError:
         pass  # no (readable) run.json beside it: the count cannot be checked
-    return _check_temperature_values(values, num_layers, str(path))
+    try:
+        return read_run_temperatures(run_dir, num_layers)
+    except TemperatureFileError as err:
+        raise CalibrationError(str(err)) from err
 
 
 # ---- presentation --------------------------------------------------------------------------------------------

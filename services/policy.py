@@ -2,8 +2,8 @@
 
 A policy answers `decide(logits_seen [n, k, C], tier, features=None) -> [n] ints`: the 1-based exit to
 answer with (an exit the tier holds) or 0 for "hand off to the next tier". The fitted policy lives in the
-`clustering` package and is stored in `<run>/policy.json`; when that file or `clustering.policy_from_dict`
-is missing, the services use `ThresholdPolicy`, a confidence threshold at the tier's last exit.
+`clustering` package and is stored in `<run>/policy.json`; when that file is missing, the services use
+`ThresholdPolicy`, a confidence threshold at the tier's last exit.
 
 Temperatures (`<run>/temperatures.json`, one per exit) divide the logits before every softmax the services
 report or threshold on; the argmax, and so the predicted label, does not change.
@@ -11,7 +11,6 @@ report or threshold on; the argmax, and so the predicted label, does not change.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from clustering import policy_from_dict
 from tiers import TierPlan
+from tiers.run import POLICY_FILE, TemperatureFileError
+from tiers.run import read_temperatures as read_run_temperatures
 
-POLICY_FILE = "policy.json"
-TEMPERATURES_FILE = "temperatures.json"
 
 log = logging.getLogger("services.policy")
 
@@ -45,17 +45,11 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def read_temperatures(run_dir: str | Path, num_layers: int) -> np.ndarray | None:
-    """Per-exit temperatures [L] from `<run>/temperatures.json` ({"temperatures": [...]}), or None."""
-    path = Path(run_dir) / TEMPERATURES_FILE
-    if not path.exists():
-        return None
+    """Per-exit temperatures [L] from `<run>/temperatures.json`, or None (a bad file stops the service)."""
     try:
-        values = np.asarray(json.loads(path.read_text())["temperatures"], dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as err:
-        raise PolicyLoadError(f"{path} is not {{\"temperatures\": [{num_layers} numbers]}} ({err})") from err
-    if values.shape != (num_layers,) or not np.isfinite(values).all() or (values <= 0).any():
-        raise PolicyLoadError(f"{path} must hold {num_layers} finite temperatures > 0, got {values.tolist()}")
-    return values
+        return read_run_temperatures(run_dir, num_layers)
+    except TemperatureFileError as err:
+        raise PolicyLoadError(str(err)) from err
 
 
 # ---- the built-in rule ------------------------------------------------------------------------------------
@@ -86,15 +80,6 @@ class ThresholdPolicy:
 
 
 # ---- loading --------------------------------------------------------------------------------------------
-def _clustering_loader() -> Any | None:
-    """`clustering.policy_from_dict`, or None when the package does not (yet) provide it."""
-    try:
-        module = importlib.import_module("clustering")
-    except ImportError:
-        return None
-    return getattr(module, "policy_from_dict", None)
-
-
 def load_policy(
     run_dir: str | Path, plan: TierPlan, mode: str, threshold: float, temperatures: np.ndarray | None
 ) -> tuple[TierPolicy, str]:
@@ -109,12 +94,8 @@ def load_policy(
     path = Path(run_dir) / POLICY_FILE
     if mode == "threshold" or not path.exists():
         return fallback, fallback.describe()
-    loader = _clustering_loader()
-    if loader is None:
-        log.warning("%s exists but clustering.policy_from_dict is unavailable; using the built-in rule", path)
-        return fallback, fallback.describe() + " (clustering.policy_from_dict unavailable)"
     try:
-        policy = loader(json.loads(path.read_text()))
+        policy = policy_from_dict(json.loads(path.read_text()))
     except Exception as err:  # noqa: BLE001 - any failure to rebuild is reported the same way
         raise PolicyLoadError(f"{path} cannot be loaded by clustering.policy_from_dict: {err}") from err
     is_fitted = getattr(policy, "__sklearn_is_fitted__", None)

@@ -408,7 +408,7 @@ def test_threshold_policy():
     assert cooled.decide(seen, "mobile").tolist() == [0, 0, 0]
 
 
-def test_load_policy_uses_clustering_when_available(tmp_path, monkeypatch):
+def test_load_policy_uses_the_runs_fitted_policy(tmp_path, monkeypatch):
     plan = TierPlan(2, 4, 6)
     policy, name = load_policy(tmp_path, plan, "auto", 0.9, None)
     assert isinstance(policy, ThresholdPolicy) and "built-in" in name
@@ -422,14 +422,12 @@ def test_load_policy_uses_clustering_when_available(tmp_path, monkeypatch):
             if other != plan:
                 raise ValueError("fitted for another plan")
 
-    monkeypatch.setattr("services.policy._clustering_loader", lambda: lambda data: Fake())
+    monkeypatch.setattr("services.policy.policy_from_dict", lambda data: Fake())
     policy, name = load_policy(tmp_path, plan, "auto", 0.9, None)
     assert isinstance(policy, Fake) and "policy.json" in name
     assert isinstance(load_policy(tmp_path, plan, "threshold", 0.9, None)[0], ThresholdPolicy)
     with pytest.raises(PolicyLoadError, match="another plan"):
         load_policy(tmp_path, TierPlan(1, 4, 6), "auto", 0.9, None)
-    monkeypatch.setattr("services.policy._clustering_loader", lambda: None)
-    assert isinstance(load_policy(tmp_path, plan, "auto", 0.9, None)[0], ThresholdPolicy)
 
 
 def test_load_policy_refuses_an_unfitted_or_damaged_policy(tmp_path):

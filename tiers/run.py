@@ -113,3 +113,25 @@ def read_cached_split(folder: str | Path, split: str) -> CachedSplit:
         token_counts=np.load(out / f"{split}.tokens.npy"),
         embedding=np.load(embedding_path).astype(np.float32) if embedding_path.exists() else None,
     )
+
+
+class TemperatureFileError(ValueError):
+    """temperatures.json exists but does not hold one finite, positive temperature per exit."""
+
+
+def read_temperatures(folder: str | Path, num_layers: int | None = None) -> np.ndarray | None:
+    """Per-exit temperatures [L] from `<run>/temperatures.json` ({"temperatures": [...]}), or None if absent."""
+    path = Path(folder) / TEMPERATURES_FILE
+    if not path.exists():
+        return None
+    try:
+        values = np.asarray(json.loads(path.read_text())["temperatures"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as err:
+        raise TemperatureFileError(
+            f'{path} is not {{"temperatures": [a list of numbers, one per exit]}} ({err}); rerun `dimee calibrate {folder}`'
+        ) from err
+    if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all() or (values <= 0).any():
+        raise TemperatureFileError(f"{path}: temperatures must be finite and > 0, got {values.tolist()}")
+    if num_layers is not None and values.size != num_layers:
+        raise TemperatureFileError(f"{path}: expected one temperature per exit ({num_layers}), got {values.size}")
+    return values
