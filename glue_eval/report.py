@@ -182,13 +182,18 @@ def compare_policies(
     return pd.DataFrame(rows)
 
 
+DIMEE_VARIANTS = ("dimee", "dimee-edge", "dimee-cascade")
+
+
 def fit_run_policy(
-    run_dir: str | Path, max_drop: float = 0.003, fit_split: str = CALIBRATION, edge_stage: bool = False
+    run_dir: str | Path, max_drop: float = 0.003, fit_split: str = CALIBRATION, variant: str = "dimee-cascade"
 ) -> tuple[DimeePolicy, float]:
-    """Fit the DIMEE policy for deployment (mu chosen as in the report) and store it in the run folder."""
+    """Fit a DIMEE policy for deployment (mu chosen as in the report) and store it in the run folder."""
+    if variant not in DIMEE_VARIANTS:
+        raise ValueError(f"unknown DIMEE variant {variant!r}; choose one of {', '.join(DIMEE_VARIANTS)}")
     info = read_run_info(run_dir)
     fit = read_cached_split(run_dir, fit_split)
-    family = next(f for f in tunable_policies(info.plan, info.cost_model) if f.name == ("dimee-edge" if edge_stage else "dimee"))
+    family = next(f for f in tunable_policies(info.plan, info.cost_model) if f.name == variant)
     mu, _ = choose_knob(family, fit, info.plan, info.cost_model, info.task, max_drop)
     policy = family.build(mu).fit(fit.logits, fit.labels, features=fit.embedding)
     (Path(run_dir) / POLICY_FILE).write_text(json.dumps(policy.to_dict()))
