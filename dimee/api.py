@@ -70,10 +70,11 @@ def predict_texts(run_dir: str | Path, texts: list[str], text_pairs: list[str] |
 
 def run_demo(
     output_dir: str | Path = "runs/demo-sst2",
-    train_subset: int = 2000,
+    train_subset: int = 4000,
     epochs: float = 1.0,
     data_dir: str | None = None,
     max_drop: float = 0.003,
+    learning_rate: float = 1e-4,
 ) -> dict:
     """The README's main job: brief SST-2 fine-tune of the offline encoder, then the per-exit table."""
     config = TrainConfig(
@@ -83,6 +84,7 @@ def run_demo(
         calibration_subset=1000,
         epochs=epochs,
         max_length=64,
+        learning_rate=learning_rate,
         data_dir=data_dir,
     )
     run = train_run(config)
@@ -92,7 +94,7 @@ def run_demo(
     policy, mu = fit_run_policy(run, max_drop=max_drop)
     dimee = evaluate_policy_on_run(policy, run)
     cloud = evaluate_policy_on_run(AllCloudPolicy(policy.plan, policy.cost_model).fit(*_calibration(run)), run)
-    print(f"\nDIMEE policy (mu={mu}, {policy.n_clusters_} clusters, fitted on the calibration split) on validation:")
+    print(f"\nDIMEE policy (cascade, mu={mu}, {policy.n_clusters_} clusters in all, fitted on the calibration split) on validation:")
     for name, row in (("all-cloud", cloud), ("DIMEE", dimee)):
         print(
             f"  {name:9s} accuracy {row['metric']:6.2f}  drop {row['drop']:+5.2f} pts  cost {row['normalised_cost']:.3f}"

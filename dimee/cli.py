@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job: brief SST-2 fine-tune, per-exit table, DIMEE vs all-cloud")
     demo.add_argument("--output", dest="output_dir", default="runs/demo-sst2")
-    demo.add_argument("--train-subset", type=int, default=2000)
+    demo.add_argument("--train-subset", type=int, default=4000)
     demo.add_argument("--epochs", type=float, default=1.0)
     demo.add_argument("--data-dir", default=None)
     demo.set_defaults(func=cmd_demo)
