@@ -51,9 +51,23 @@ from .profiles import (
     scale_logits,
     softmax,
 )
+from .transmission import (
+    ConfidenceTD,
+    LogisticTD,
+    SNRShiftedTD,
+    TransmissionRule,
+    evaluate_td,
+    transmission_rule_from_dict,
+)
 from .synthetic import Group, SyntheticExits, make_exit_logits
 
 __all__ = [
+    "ConfidenceTD",
+    "LogisticTD",
+    "SNRShiftedTD",
+    "TransmissionRule",
+    "evaluate_td",
+    "transmission_rule_from_dict",
     "FEATURES",
     "REGRESSION_TOLERANCE",
     "AllCloudPolicy",

@@ -53,6 +53,21 @@ class TierSettings(BaseSettings):
         default=("fp32", "fp16", "int8"), description="encodings this tier accepts (comma-separated in the env)"
     )
 
+    channel_snr_db: float | None = Field(
+        default=None, ge=-20, le=60,
+        description="simulated link: Gaussian noise at this SNR (dB) on the hidden states sent; unset = none",
+    )
+    channel_packet_loss: float = Field(
+        default=0.0, ge=0, lt=1, description="simulated link: packet loss probability (needs channel_rate_bps)"
+    )
+    channel_rate_bps: float | None = Field(
+        default=None, gt=0, description="simulated link rate (bit/s): the handoff waits for its simulated air time"
+    )
+    channel_latency_s: float = Field(default=0.0, ge=0, description="simulated link: fixed latency per handoff")
+    channel_packet_bytes: int = Field(default=1500, ge=1, description="simulated link: packet size in bytes")
+    channel_max_retransmissions: int = Field(default=8, ge=0, description="simulated link: resends per packet")
+    channel_seed: int = Field(default=0, description="seed of the simulated link's noise and packet losses")
+
     batch_window_ms: float = Field(default=5.0, ge=0, description="how long a forward pass waits for company")
     max_batch_size: int = Field(default=32, ge=1, description="most samples in one forward pass")
 
@@ -101,6 +116,12 @@ class TierSettings(BaseSettings):
             )
         if self.tier == "cloud" and self.next_url is not None:
             raise ValueError("the cloud tier is the last one; it takes no next_url")
+        return self
+
+    @model_validator(mode="after")
+    def _channel_requirements(self) -> "TierSettings":
+        if self.channel_packet_loss > 0 and self.channel_rate_bps is None:
+            raise ValueError("DIMEE_CHANNEL_PACKET_LOSS needs DIMEE_CHANNEL_RATE_BPS (retransmissions cost air time)")
         return self
 
     @property

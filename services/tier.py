@@ -20,6 +20,7 @@ import torch
 from pydantic import ValidationError
 
 from tiers import (
+    Channel,
     TIERS,
     HandoffFormatError,
     TierPlan,
@@ -96,6 +97,20 @@ class TierService:
         self.engine: TierEngine | None = None
         self.batcher: MicroBatcher | None = None
         self.client: httpx.AsyncClient | None = None
+        # Simulated link towards the next tier (noise on what leaves this tier; air time, loss, retransmission).
+        self.channel: Channel | None = None
+        if settings.channel_rate_bps is not None or settings.channel_snr_db is not None:
+            self.channel = Channel(
+                rate_bps=settings.channel_rate_bps or 1e300,  # noise only: air time negligible
+                latency_s=settings.channel_latency_s,
+                snr_db=settings.channel_snr_db,
+                packet_loss=settings.channel_packet_loss,
+                packet_bytes=settings.channel_packet_bytes,
+                max_retransmissions=settings.channel_max_retransmissions,
+            )
+        self._channel_lock = threading.Lock()
+        self._channel_noise = torch.Generator().manual_seed(settings.channel_seed)
+        self._channel_rng = np.random.default_rng(settings.channel_seed)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def _load_tokenizer(self):
@@ -452,12 +467,25 @@ class TierService:
             features=None if batch.features is None else batch.features[group],
         )
         self.metrics.handoff_bytes.inc(self.hop, amount=len(body))
+        if self.channel is not None and self.settings.channel_rate_bps is not None:
+            with self._channel_lock:
+                outcome = self.channel.simulate_transmission(len(body), self._channel_rng)
+            if wait_s - outcome.seconds < MIN_HANDOFF_BUDGET_S:
+                detail = f"simulated link needs {outcome.seconds:.3f} s, more than the time left"
+                raise HandoffFailed("deadline", detail)
+            await asyncio.sleep(outcome.seconds)
+            wait_s -= outcome.seconds  # the air time comes out of this hop's share of the deadline
+            if not outcome.delivered:
+                raise HandoffFailed("channel", "simulated link lost a packet beyond its retransmission limit")
         return await post_handoff(
             self.client, self.settings.next_url, self.settings.token, batch.request_id, body, meta, wait_s, len(group)
         )
 
     def _encode(self, states: list[torch.Tensor], encoding: str) -> bytes:
         hidden, mask = pad_hidden(states)
+        if self.channel is not None and self.channel.snr_db is not None:
+            with self._channel_lock:  # noise acts on what leaves this tier, right before it is encoded
+                hidden = self.channel.apply_noise(hidden, mask, self._channel_noise)
         return encode_handoff(hidden, mask, self.last_layer + 1, encoding)
 
     # ---- cost ----------------------------------------------------------------------------------------------

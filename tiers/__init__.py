@@ -1,5 +1,6 @@
 """Bottom layer: the early-exit model, tier plan and slicing, the hidden-state codec, the cost model."""
 
+from .channel import Channel, ChannelError, TransmissionOutcome, add_awgn, measured_snr_db, signal_power
 from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, decode_handoff, encode_handoff, payload_size
 from .cost import CostModel, CostModelError
 from .model import (
@@ -25,6 +26,12 @@ from .text import TextInputError, tokenize_for_inference
 from .slicing import TierOutput, TierPart, load_tier_part, run_three_tiers, slice_model
 
 __all__ = [
+    "Channel",
+    "ChannelError",
+    "TransmissionOutcome",
+    "add_awgn",
+    "measured_snr_db",
+    "signal_power",
     "TextInputError",
     "tokenize_for_inference",
     "OFFLINE_ENCODER",
