@@ -31,7 +31,7 @@ from clustering import (
     evaluate_exits,
 )
 from tiers import CachedSplit, CostModel, TierPlan, read_cached_split, read_run_info
-from tiers.run import POLICY_FILE
+from tiers.run import POLICY_FILE, read_temperatures
 
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
 
@@ -50,33 +50,34 @@ class Tunable:
     cheaper_first: bool  # True if knobs are ordered from cheapest to dearest
 
 
-def tunable_policies(plan: TierPlan, cost: CostModel) -> list[Tunable]:
-    """The knob-bearing policies compared in the report."""
+def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray | None = None) -> list[Tunable]:
+    """The knob-bearing policies compared in the report; `temperatures` (per exit) scale every confidence."""
+    t = None if temperatures is None else [float(v) for v in temperatures]
     thresholds = tuple(np.round(np.linspace(0.5, 0.999, 60), 4))
     return [
-        Tunable("dimee", sorted(MU_GRID, reverse=True), lambda mu: DimeePolicy(plan, cost, mu=mu), True),
+        Tunable("dimee", sorted(MU_GRID, reverse=True), lambda mu: DimeePolicy(plan, cost, t, mu=mu), True),
         Tunable(
             "dimee-edge",
             sorted(MU_GRID, reverse=True),
-            lambda mu: DimeePolicy(plan, cost, mu=mu, edge_stage=True),
+            lambda mu: DimeePolicy(plan, cost, t, mu=mu, edge_stage=True),
             True,
         ),
         Tunable(
             "dimee-cascade",
             sorted(MU_GRID, reverse=True),
-            lambda mu: DimeePolicy(plan, cost, mu=mu, decision_exits="all"),
+            lambda mu: DimeePolicy(plan, cost, t, mu=mu, decision_exits="all"),
             True,
         ),
         Tunable(
             "threshold",
             thresholds,
-            lambda t: ThresholdPolicy(plan, cost, score="confidence", threshold=float(t)),
+            lambda knob: ThresholdPolicy(plan, cost, t, score="confidence", threshold=float(knob)),
             True,
         ),
         Tunable(
             "entropy",
             tuple(np.round(np.linspace(0.9, 0.005, 60), 4)),
-            lambda t: ThresholdPolicy(plan, cost, score="entropy", threshold=float(t)),
+            lambda knob: ThresholdPolicy(plan, cost, t, score="entropy", threshold=float(knob)),
             True,
         ),
         Tunable("patience", tuple(range(1, plan.num_layers)), lambda k: PatiencePolicy(plan, cost, patience=int(k)), True),
@@ -193,7 +194,8 @@ def fit_run_policy(
         raise ValueError(f"unknown DIMEE variant {variant!r}; choose one of {', '.join(DIMEE_VARIANTS)}")
     info = read_run_info(run_dir)
     fit = read_cached_split(run_dir, fit_split)
-    family = next(f for f in tunable_policies(info.plan, info.cost_model) if f.name == variant)
+    temperatures = read_temperatures(run_dir, info.plan.num_layers)  # from `dimee calibrate`, if it was run
+    family = next(f for f in tunable_policies(info.plan, info.cost_model, temperatures) if f.name == variant)
     mu, _ = choose_knob(family, fit, info.plan, info.cost_model, info.task, max_drop)
     policy = family.build(mu).fit(fit.logits, fit.labels, features=fit.embedding)
     (Path(run_dir) / POLICY_FILE).write_text(json.dumps(policy.to_dict()))
