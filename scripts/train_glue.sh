@@ -3,7 +3,7 @@
 # Usage: scripts/train_glue.sh [RUNS_DIR] [extra `dimee train` flags...]
 #   e.g. scripts/train_glue.sh runs --device cuda --model /path/to/minilm --data-dir /path/to/glue
 # Settings per task are fixed here so results/glue.md can name them. On 2 CPU cores this takes hours
-# (SST-2 alone ~25-50 min per epoch); on one GPU a few minutes.
+# (SST-2 alone ~16 min per epoch on 2 idle cores, 3 epochs here); on one GPU a few minutes.
 set -uo pipefail
 runs=${1:-runs}; shift || true
 DIMEE=${DIMEE:-dimee}
