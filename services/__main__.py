@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--handoff-encoding", choices=("fp32", "fp16", "int8"), help="encoding of sent hidden states")
     parser.add_argument("--threshold", type=float, help="built-in rule's confidence threshold")
     parser.add_argument("--policy", choices=("auto", "threshold"), help="auto: <run>/policy.json when present")
+    parser.add_argument(
+        "--experts", action="store_true", default=None,
+        help="use the run's expert exits for distorted text (or DIMEE_EXPERTS=1); the run must have them",
+    )
     parser.add_argument("--request-timeout-s", type=float, help="deadline of one request, all hops included")
     parser.add_argument("--batch-window-ms", type=float, help="micro-batching window")
     parser.add_argument("--max-batch-size", type=int, help="most samples per forward pass")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tiers import TierPart, TierPlan, load_tier_part
+from tiers.experts import CLEAN, ExpertExits, load_experts, run_mobile, run_part
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,15 @@ class TokenSample:
 
     input_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...] | None = None
+    distortion: str | None = None  # expert exits of this type (None / "clean": standard exits)
+
+
+@dataclass(frozen=True)
+class StateSample:
+    """Edge and cloud input: one sample's hidden states [tokens, hidden] and its distortion type."""
+
+    hidden: torch.Tensor
+    distortion: str | None = None
 
 
 @dataclass
@@ -67,15 +77,23 @@ def pad_hidden(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TierEngine:
-    """The tier's part of the model (only its own weights) and its batched forward pass."""
+    """The tier's part of the model (only its own weights) and its batched forward pass; with `experts`, each
+    sample's exits are those of its distortion type (`tiers.experts.run_part`)."""
 
-    def __init__(self, part: TierPart, pad_id: int = 0) -> None:
+    def __init__(self, part: TierPart, pad_id: int = 0, experts: ExpertExits | None = None) -> None:
         self.part = part
         self.pad_id = pad_id
+        self.experts = experts
 
     @classmethod
-    def load(cls, run_dir: str | Path, plan: TierPlan, tier: str, pad_id: int = 0) -> "TierEngine":
-        return cls(load_tier_part(run_dir, plan, tier), pad_id)
+    def load(
+        cls, run_dir: str | Path, plan: TierPlan, tier: str, pad_id: int = 0, with_experts: bool = False
+    ) -> "TierEngine":
+        part = load_tier_part(run_dir, plan, tier)
+        experts = None
+        if with_experts:
+            experts = load_experts(run_dir, exits=range(part.first_layer, part.last_layer + 1))
+        return cls(part, pad_id, experts)
 
     @property
     def tier(self) -> str:
@@ -101,17 +119,33 @@ class TierEngine:
     def run_tokens(self, samples: list[TokenSample]) -> list[SampleOutput]:
         """Mobile: embed and run layers 1..m on a padded batch; one output per sample."""
         ids, mask, types = pad_tokens(samples, self.pad_id)
+        kinds = self._kinds([s.distortion for s in samples])
         with torch.no_grad():
-            out = self.part.run_from_ids(ids, mask, types)
+            if kinds is None:
+                out = self.part.run_from_ids(ids, mask, types)
+            else:
+                out = run_mobile(self.part, ids, mask, types, self.experts, kinds)
         feature = out.embedding_feature.float().numpy() if out.embedding_feature is not None else None
         return self._split(out.hidden, mask, out.exit_logits, feature)
 
-    def run_states(self, states: list[torch.Tensor]) -> list[SampleOutput]:
+    def run_states(self, states: list[torch.Tensor | StateSample]) -> list[SampleOutput]:
         """Edge and cloud: continue from handed-over hidden states on a padded batch."""
-        hidden, mask = pad_hidden(states)
+        samples = [s if isinstance(s, StateSample) else StateSample(s) for s in states]
+        hidden, mask = pad_hidden([s.hidden for s in samples])
+        kinds = self._kinds([s.distortion for s in samples])
         with torch.no_grad():
-            out = self.part.run_hidden(hidden, mask)
+            if kinds is None:
+                out = self.part.run_hidden(hidden, mask)
+            else:
+                out = run_part(self.part, hidden, mask, self.experts, kinds)
         return self._split(out.hidden, mask, out.exit_logits, None)
+
+    def _kinds(self, distortions: list[str | None]) -> list[str | None] | None:
+        """Per-sample types for the expert forward pass, or None for the standard one (experts off, or every
+        sample clean: then the logits are exactly those of a service without experts)."""
+        if self.experts is None or all(d is None or d == CLEAN for d in distortions):
+            return None
+        return distortions
 
     @staticmethod
     def _split(

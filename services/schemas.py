@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 TierName = Literal["mobile", "edge", "cloud"]
+#: A distortion type's name as it travels between tiers (the receiving tier checks it against its experts).
+DistortionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
 HOPS: tuple[str, str] = ("mobile_edge", "edge_cloud")
 
 
@@ -73,6 +75,9 @@ class Prediction(BaseModel):
     tier: TierName
     degraded: bool
     degraded_reason: str | None = None
+    distortion: str | None = Field(
+        default=None, description="distortion type the detector named (\"clean\": standard exits); only with experts on"
+    )
     cost: CostReport
 
 
@@ -104,6 +109,8 @@ class HandoffMeta(BaseModel):
     float32 [n, prior_exits, num_labels], so the receiving tier's policy sees exits 1..k as it was fitted.
     `features` [n, feature_dim] (same packing) travel only for a policy fitted on routing features (DIMEE on
     the embedding-layer output), which edge and cloud consult with the features mobile computed.
+    `distortions` (one per sample, only with expert exits on) name the distortion type mobile's detector found;
+    edge answers with those types' expert heads. Absent: every sample is clean (standard exits).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -117,10 +124,22 @@ class HandoffMeta(BaseModel):
     prior_logits: str
     feature_dim: int | None = Field(default=None, ge=1, le=65536)
     features: str | None = None
+    distortions: list[DistortionName] | None = None
+
+    @model_validator(mode="after")
+    def _one_distortion_per_sample(self) -> "HandoffMeta":
+        if self.distortions is not None and len(self.distortions) != self.n:
+            raise ValueError(f"distortions names {len(self.distortions)} types for {self.n} samples")
+        return self
 
     @classmethod
     def build(
-        cls, prior: np.ndarray, budget_ms: float, force_tier: str | None, features: np.ndarray | None = None
+        cls,
+        prior: np.ndarray,
+        budget_ms: float,
+        force_tier: str | None,
+        features: np.ndarray | None = None,
+        distortions: list[str] | None = None,
     ) -> "HandoffMeta":
         n, k, classes = prior.shape
         return cls(
@@ -132,6 +151,7 @@ class HandoffMeta(BaseModel):
             prior_logits=_pack(prior),
             feature_dim=None if features is None else int(features.shape[1]),
             features=None if features is None else _pack(features),
+            distortions=distortions,
         )
 
     def logits(self) -> np.ndarray:

@@ -78,6 +78,11 @@ class TierSettings(BaseSettings):
     policy: Literal["auto", "threshold"] = Field(
         default="auto", description="auto: <run>/policy.json via clustering when present; threshold: built-in rule"
     )
+    experts: bool = Field(
+        default=False,
+        description="expert exits for distorted text: mobile detects each text's distortion type "
+        "(<run>/experts/detector.json) and mobile and edge answer with that type's expert heads; cloud ignores it",
+    )
     threshold: float = Field(default=0.9, ge=0, le=1, description="built-in rule: answer if max prob >= this")
     torch_threads: int = Field(default=1, ge=1, description="intra-op threads of the forward pass (set by serve_tier)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -8,10 +8,11 @@ tier and hop; mobile turns them into the cost breakdown of the response.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from clustering.detector import DetectorError, DistortionDetector
 from tiers import (
     Channel,
     TIERS,
@@ -29,9 +31,10 @@ from tiers import (
     payload_size,
     read_run_info,
 )
+from tiers.experts import CLEAN, DETECTOR_FILE, EXPERTS_DIR, ExpertError, experts_dir, read_expert_info
 
 from .batching import MicroBatcher, chunked
-from .engine import SampleOutput, TierEngine, TokenSample, pad_hidden
+from .engine import SampleOutput, StateSample, TierEngine, TokenSample, pad_hidden
 from .handoff import HandoffFailed, InputError, make_client, post_handoff
 from .metrics import ServiceMetrics
 from .policy import ThresholdPolicy, check_decisions, load_policy, read_temperatures, softmax, wants_features
@@ -68,6 +71,7 @@ class _Batch:
     deadline: float
     request_id: str
     local_ms: float = 0.0
+    distortions: list[str] | None = None  # mobile with experts on: each sample's detected type, sent to edge
 
 
 class TierService:
@@ -93,6 +97,15 @@ class TierService:
         self.fallback_policy = ThresholdPolicy(self.plan, settings.threshold, self.temperatures)
         self.metrics = ServiceMetrics(self.tier)
         self.tokenizer = self._load_tokenizer() if self.tier == "mobile" else None
+        # Expert exits (settings.experts): mobile and edge use the experts of each sample's distortion type,
+        # which mobile's detector names; cloud holds no expert exits and ignores the setting.
+        self.use_experts = settings.experts and self.tier != "cloud"
+        self.expert_types: frozenset[str] = frozenset()
+        self.detector: DistortionDetector | None = None
+        if self.use_experts:
+            self.expert_types = frozenset([CLEAN, *read_expert_info(self.run_dir).types])  # ExpertError if none
+            if self.tier == "mobile":
+                self.detector = self._load_detector()
         self._tokenizer_lock = threading.Lock()
         self.engine: TierEngine | None = None
         self.batcher: MicroBatcher | None = None
@@ -120,9 +133,35 @@ class TierService:
         tokenizer.model_max_length = 10**9  # lengths are checked here, against max_tokens, with a clear error
         return tokenizer
 
+    def _load_detector(self) -> DistortionDetector:
+        """The run's distortion detector (<run>/experts/detector.json); it must read the text alone."""
+        path = experts_dir(self.run_dir) / DETECTOR_FILE
+        if not path.is_file():
+            raise ExpertError(
+                f"{self.run_dir} has expert exits but no {EXPERTS_DIR}/{DETECTOR_FILE}, which mobile needs to pick "
+                "them; rerun `dimee experts train`, or serve without experts"
+            )
+        try:
+            saved = json.loads(path.read_text())
+            features = saved.get("features", "text")
+            detector = DistortionDetector.from_dict(saved["detector"])
+        except (ValueError, KeyError, TypeError, AttributeError, DetectorError) as err:
+            raise ExpertError(f"{path} is damaged ({err}); rerun `dimee experts train`") from err
+        if features != "text" or detector.n_hidden_:
+            raise ExpertError(
+                f"{path} was fitted on {features!r} features; the services' detector reads the text only: "
+                "retrain with `dimee experts train --detector-features text`"
+            )
+        unknown = sorted(set(map(str, detector.classes_)) - self.expert_types)
+        if unknown:
+            raise ExpertError(f"{path} names types {unknown} that have no expert exits in {self.run_dir}")
+        return detector
+
     async def start(self) -> None:
         pad_id = int(getattr(self.tokenizer, "pad_token_id", None) or 0) if self.tokenizer is not None else 0
-        self.engine = await asyncio.to_thread(TierEngine.load, self.run_dir, self.plan, self.tier, pad_id)
+        self.engine = await asyncio.to_thread(
+            TierEngine.load, self.run_dir, self.plan, self.tier, pad_id, self.use_experts
+        )
         positions = self.engine.max_positions
         if positions is not None and self.max_tokens > positions:
             raise ValueError(
@@ -139,9 +178,10 @@ class TierService:
         if self.next_tier is not None and self.settings.next_url:
             self.client = make_client(self.settings.request_timeout_s, self.settings.connect_timeout_s)
         log.info(
-            "%s tier ready: layers %d..%d of %d (plan %s), policy: %s, next: %s",
-            self.tier, self.first_layer, self.last_layer, self.plan.num_layers, self.plan.spec,
-            self.policy_name, self.settings.next_url if self.next_tier else "none (final tier)",
+            "%s tier ready: layers %d..%d of %d (plan %s), policy: %s, experts: %s, next: %s",
+            self.tier, self.first_layer, self.last_layer, self.plan.num_layers, self.plan.spec, self.policy_name,
+            ", ".join(sorted(self.expert_types - {CLEAN})) if self.use_experts else "off",
+            self.settings.next_url if self.next_tier else "none (final tier)",
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -189,12 +229,20 @@ class TierService:
         batcher = self._require_batcher()
         texts, pairs, force = self.parse_inputs(payload)
         samples = await asyncio.to_thread(self._tokenize, texts, pairs)
+        distortions = None
+        if self.detector is not None:
+            distortions = await asyncio.to_thread(self._detect, texts, pairs)
+            samples = [replace(sample, distortion=kind) for sample, kind in zip(samples, distortions)]
         outputs = await batcher.submit(samples)
         own = np.stack([out.exit_logits for out in outputs])
         features = np.stack([out.feature for out in outputs]).astype(np.float64)
         routing = features if wants_features(self.policy, features.shape[1]) else None
-        answers = await self._decide_and_route(_Batch(outputs, own, routing, force, start, deadline, request_id))
-        predictions = [self._prediction(answer) for answer in answers]
+        batch = _Batch(outputs, own, routing, force, start, deadline, request_id, distortions=distortions)
+        answers = await self._decide_and_route(batch)
+        predictions = [
+            self._prediction(answer, None if distortions is None else distortions[i])
+            for i, answer in enumerate(answers)
+        ]
         for answer in answers:
             self.metrics.answers.inc(answer.tier, answer.exit, str(answer.degraded).lower())
         total_ms = (time.perf_counter() - start) * 1000
@@ -297,6 +345,11 @@ class TierService:
             TokenSample(tuple(seq), tuple(types[i]) if types is not None else None) for i, seq in enumerate(ids)
         ]
 
+    def _detect(self, texts: list[str], pairs: list[str] | None) -> list[str]:
+        """Each text's distortion type ("clean": standard exits), by the run's detector."""
+        assert self.detector is not None
+        return [str(kind) for kind in self.detector.predict(texts, text_pairs=pairs)]
+
     # ---- edge and cloud: hidden states in -------------------------------------------------------------
     async def handoff(
         self, meta: HandoffMeta, body: bytes, request_id: str, start: float
@@ -333,9 +386,10 @@ class TierService:
             features = meta.feature_array()
         except ValueError as err:
             raise InputError(400, f"invalid X-DIMEE-Meta: {err}") from err
+        distortions = self._check_distortions(meta.distortions, size)
         self.metrics.received_bytes.inc(amount=len(body))
         counts = handoff.attention_mask.sum(dim=1).tolist()
-        states = [handoff.hidden[i, :count] for i, count in enumerate(counts)]
+        states = [StateSample(handoff.hidden[i, :count], distortions[i]) for i, count in enumerate(counts)]
         deadline = start + min(self.settings.request_timeout_s, meta.budget_ms / 1000)
         outputs = await batcher.submit(states)
         seen = np.concatenate([prior, np.stack([out.exit_logits for out in outputs])], axis=1)
@@ -346,6 +400,17 @@ class TierService:
         server_ms = (time.perf_counter() - start) * 1000
         log.info("handoff of %d sample(s) from layer %d answered in %.1f ms", size, self.first_layer, server_ms)
         return answers, server_ms
+
+    def _check_distortions(self, distortions: list[str] | None, n: int) -> list[str | None]:
+        """Per-sample types of a handoff: those of the sender where this tier serves experts (each must have
+        experts here), else none (standard exits; cloud holds no expert exits)."""
+        if distortions is None or not self.use_experts:
+            return [None] * n
+        unknown = sorted(set(distortions) - self.expert_types)
+        if unknown:
+            known = ", ".join(sorted(self.expert_types))
+            raise InputError(422, f"X-DIMEE-Meta names distortion type(s) {unknown}; this tier knows: {known}")
+        return list(distortions)
 
     # ---- shared: decide, answer, hand off -------------------------------------------------------------
     async def _decide_and_route(self, batch: _Batch) -> list[Answer]:
@@ -411,6 +476,8 @@ class TierService:
         _, k, classes = batch.seen.shape
         width = 0 if batch.features is None else int(batch.features.shape[1])
         per_sample = 4 * (4 * (k * classes + width)) // 3 + 8  # base64 of float32
+        if batch.distortions is not None:
+            per_sample += 4 + max(len(kind) for kind in batch.distortions)  # a quoted name and a comma
         room = max(1, (self.settings.max_meta_bytes - 1024) // per_sample)
         return int(min(room, self.settings.max_texts))
 
@@ -460,11 +527,13 @@ class TierService:
         wait_s = remaining_s * WAIT_SHARE
         encoding = self.settings.handoff_encoding
         body = await asyncio.to_thread(self._encode, [batch.outputs[i].hidden for i in group], encoding)
+        kinds = None if batch.distortions is None else [batch.distortions[i] for i in group]
         meta = HandoffMeta.build(
             batch.seen[group],
             budget_ms=min(wait_s * WAIT_SHARE * 1000, MAX_BUDGET_MS),
             force_tier=batch.force,
             features=None if batch.features is None else batch.features[group],
+            distortions=None if kinds is None or all(kind == CLEAN for kind in kinds) else kinds,  # absent: clean
         )
         self.metrics.handoff_bytes.inc(self.hop, amount=len(body))
         if self.channel is not None and self.settings.channel_rate_bps is not None:
@@ -489,7 +558,7 @@ class TierService:
         return encode_handoff(hidden, mask, self.last_layer + 1, encoding)
 
     # ---- cost ----------------------------------------------------------------------------------------------
-    def _prediction(self, answer: Answer) -> Prediction:
+    def _prediction(self, answer: Answer, distortion: str | None = None) -> Prediction:
         """The response entry: the answer with its cost, charged for every layer the path actually ran
         (a tier runs all its layers before the policy decides, so that is the answering tier's last layer)."""
         deepest = self.plan.layer_range(answer.tier)[1]
@@ -512,5 +581,6 @@ class TierService:
             tier=answer.tier,
             degraded=answer.degraded,
             degraded_reason=answer.degraded_reason,
+            distortion=distortion,
             cost=cost,
         )
