@@ -42,16 +42,6 @@ LAST_EXIT = {"mobile": 2, "edge": 4, "cloud": 6}
 TOKEN = "e2e-test-token-0123456789"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Forward passes in this process on one thread: on a shared 2-core machine, intra-op threads that wait
-    for each other at every barrier make a tiny model many times slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     return tiny_run_folder(tmp_path_factory.mktemp("run"))

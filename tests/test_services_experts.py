@@ -39,14 +39,6 @@ TOL = 1e-5
 CLEAN_TEXT = "the acting was really good and the music was fun ."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _sentences(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     words = [w for w in WORDS if w.isalpha()]
