@@ -43,3 +43,19 @@ def tiny_run_folder(folder: Path, num_layers: int = 6, num_labels: int = 2, plan
     )
     write_run_info(folder, info)
     return folder
+
+
+def add_perturbed_experts(folder: Path, types: list[str], exits: list[int], seed: int = 1):
+    """Expert heads on `exits` of a tiny run, copied from the standard heads and then perturbed (so that a test
+    can tell them apart), saved in the run folder; returns the ExpertExits in eval mode."""
+    from glue_eval.experts import standard_heads
+    from tiers.experts import ExpertExits, ExpertInfo, save_experts
+
+    heads, exit_config = standard_heads(folder, exits)
+    experts = ExpertExits.from_standard(heads, exit_config, ExpertInfo(types, exits, [0.05, 0.5]))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in experts.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=gen))
+    save_experts(folder, experts)
+    return experts.eval()

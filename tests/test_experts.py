@@ -18,24 +18,21 @@ from glue_eval.experts import (
     TextSplit,
     expert_logits,
     forward_states,
-    standard_heads,
     switched_logits,
     train_expert_head,
 )
 from tests.conftest import random_batch
-from tests.factories import WORDS, tiny_run_folder, tiny_tokenizer
+from tests.factories import WORDS, add_perturbed_experts, tiny_run_folder, tiny_tokenizer
 from tiers import EarlyExitModel, load_tier_part, read_run_info, run_three_tiers
 from tiers.experts import (
     CLEAN,
     ExpertError,
-    ExpertExits,
     ExpertInfo,
     has_experts,
     load_experts,
     part_with_experts,
     run_mobile,
     run_part,
-    save_experts,
     with_experts,
 )
 
@@ -47,14 +44,7 @@ TYPES = ["keyboard", "word_dropout"]
 def run_with_experts(tmp_path_factory):
     """A tiny 6-layer run (plan 2,4) with expert heads on exits 1..4 that differ from the standard ones."""
     folder = tiny_run_folder(tmp_path_factory.mktemp("run"))
-    heads, exit_config = standard_heads(folder, [1, 2, 3, 4])
-    experts = ExpertExits.from_standard(heads, exit_config, ExpertInfo(TYPES, [1, 2, 3, 4], [0.05, 0.5]))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in experts.parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=gen))
-    save_experts(folder, experts)
-    return folder, experts.eval()
+    return folder, add_perturbed_experts(folder, TYPES, [1, 2, 3, 4])
 
 
 def _parts(folder):

@@ -20,7 +20,7 @@ from glue_eval.experts import standard_heads
 from services import HandoffMeta, HandoffResponse, TierSettings, create_app
 from services.__main__ import main as services_main
 from services.policy import softmax
-from tests.factories import WORDS, tiny_run_folder, tiny_tokenizer
+from tests.factories import WORDS, add_perturbed_experts, tiny_run_folder, tiny_tokenizer
 from tiers import CONTENT_TYPE, encode_handoff, load_tier_part, read_run_info
 from tiers.experts import (
     DETECTOR_FILE,
@@ -50,13 +50,7 @@ def run_dir(tmp_path_factory):
     """Tiny 6-layer run (plan 2,4) with expert heads on exits 1..4 (unlike the standard ones) and a text
     detector that tells clean text from keyboard typos."""
     folder = tiny_run_folder(tmp_path_factory.mktemp("run"))
-    heads, exit_config = standard_heads(folder, [1, 2, 3, 4])
-    experts = ExpertExits.from_standard(heads, exit_config, ExpertInfo(TYPES, [1, 2, 3, 4], [0.05, 0.5]))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in experts.parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=gen))
-    save_experts(folder, experts)
+    add_perturbed_experts(folder, TYPES, [1, 2, 3, 4])
     clean = _sentences(60, 0)
     texts = clean + distort_texts(clean, "keyboard", 0.5, seed=0)
     labels = ["clean"] * len(clean) + ["keyboard"] * len(clean)
