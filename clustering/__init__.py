@@ -6,13 +6,12 @@ and labels [n]; nothing runs a model. Imports only `tiers` below it.
 
 from .base import (
     ExitPolicy,
-    final_tier,
     policy_from_dict,
     register_policy,
     registered_policies,
-    route_to_exits,
     tier_index,
 )
+from .routing import Outcome, PathTable, chain_actions, follow_targets, outcome_of_chain_exits, path_table, simulate
 from .baselines import (
     AllCloudPolicy,
     AllEdgePolicy,
@@ -95,7 +94,13 @@ __all__ = [
     "exit_profile",
     "exit_scores",
     "expected_calibration_error",
-    "final_tier",
+    "Outcome",
+    "PathTable",
+    "chain_actions",
+    "follow_targets",
+    "outcome_of_chain_exits",
+    "path_table",
+    "simulate",
     "fit_temperature",
     "is_regression",
     "make_exit_logits",
@@ -109,7 +114,6 @@ __all__ = [
     "register_policy",
     "registered_policies",
     "reliability_curve",
-    "route_to_exits",
     "sample_costs",
     "scale_logits",
     "select_setting",

@@ -1,16 +1,12 @@
 """The exit-policy interface shared by DIMEE and the baselines.
 
-A policy is a scikit-learn estimator fitted on cached per-exit logits of a held-out split. Online, each tier
-calls :meth:`ExitPolicy.decide` with the logits of the exits that exist so far (1..m at mobile, 1..e at edge,
-1..L at cloud) and gets, per sample, the 1-based exit to answer with or 0 ("hand off to the next tier").
-:meth:`ExitPolicy.predict` composes those three calls, so offline evaluation and the services make the same
-decisions by construction.
-
-Rules every decision obeys (checked after each subclass call):
-
-* at a tier, the answer is 0 or an exit held by that tier (an answer at edge from a mobile exit would be
-  charged mobile's cost, which is wrong once the sample has crossed the hop);
-* the last tier that holds layers (cloud, or edge when e = L) never answers 0.
+A policy is a scikit-learn estimator fitted on cached per-exit logits of a held-out split. Online, a tier
+holding a sample calls :meth:`ExitPolicy.step` before its first layer (mobile) and after each layer with the
+logits of the exits computed so far, and gets per sample an action (answer at an exit, continue, or hand off
+to a tier at this boundary; the protocol is in `tiers.routes`). :meth:`ExitPolicy.predict_outcome` drives
+the same protocol over cached logits with the same segment driver as the services, so offline evaluation
+and the services make the same decisions by construction; every action is validated against the
+deployment (a handoff at a boundary the receiver does not accept is an error).
 
 Serialisation: :meth:`to_dict` gives a JSON-compatible dict (params, plan and cost model as dicts, fitted
 state as lists), :func:`policy_from_dict` rebuilds any registered policy. No pickle.
@@ -24,10 +20,11 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from tiers import TIERS, CostModel, TierPlan, default_plan
+from tiers import TIERS, CostModel, RouteError, TierPlan, check_actions, default_plan
 
 from .errors import PolicyError
 from .profiles import as_logits, check_labels, check_temperatures
+from .routing import Outcome, PathTable, path_table, simulate
 
 FORMAT_VERSION = 1
 _BASE_FITTED = ("plan_", "cost_model_", "num_layers_", "n_classes_", "n_features_", "temperatures_")
@@ -61,19 +58,6 @@ def tier_exit_range(plan: TierPlan, tier: int) -> tuple[int, int]:
 def final_tier(plan: TierPlan) -> int:
     """The tier holding exit L: cloud, or edge when e = L (cloud then runs nothing)."""
     return int(plan.exit_tiers()[-1])
-
-
-def route_to_exits(targets: np.ndarray, plan: TierPlan, tier: int) -> np.ndarray:
-    """Decision at `tier` for samples whose intended exit is `targets` (1-based, any tier).
-
-    A target beyond this tier hands off (0); a target at or before it (a sample that reached the tier anyway)
-    is answered at the earliest exit the tier holds that is >= target; the final tier always answers.
-    """
-    first, last = tier_exit_range(plan, tier)
-    clipped = np.maximum(np.asarray(targets, dtype=np.int64), first)
-    if tier == final_tier(plan):
-        return np.minimum(clipped, last)
-    return np.where(clipped <= last, clipped, 0)
 
 
 # ---- JSON encoding of params ------------------------------------------------------------------------------
@@ -115,7 +99,7 @@ def _decode(value: Any) -> Any:
 
 class ExitPolicy(BaseEstimator):
     """Base class. Subclasses define ``__init__`` (storing params only, including ``plan`` and
-    ``cost_model``), ``_fit``, ``_decide``, and ``_state_to_dict`` / ``_state_from_dict`` for fitted state.
+    ``cost_model``), ``_fit``, ``_step``, and ``_state_to_dict`` / ``_state_from_dict`` for fitted state.
 
     Fitted attributes set here: ``plan_`` (the given plan, or :func:`tiers.default_plan` of the logits' exit
     count), ``cost_model_`` (the given one or ``CostModel()``), ``num_layers_``, ``n_classes_``,
@@ -173,69 +157,49 @@ class ExitPolicy(BaseEstimator):
     def _fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None) -> None:
         """Subclass hook: learn the fitted state. Base attributes are already set."""
 
-    # ---- online decision ---------------------------------------------------------------------------
-    def decide(self, logits_seen: np.ndarray, tier: str | int, features: np.ndarray | None = None) -> np.ndarray:
-        """Per sample: the 1-based exit to answer with at `tier`, or 0 to hand off to the next tier.
-
-        `logits_seen` [n, k, C] holds exits 1..k where k is the tier's last exit (m, e or L); nothing later.
-        """
-        return self._decide_checked(logits_seen, tier, features)
-
-    def _decide_checked(
-        self, logits_seen: np.ndarray, tier: str | int, features: np.ndarray | None, **extra: Any
+    # ---- online decision: the step protocol of tiers.routes --------------------------------------------
+    def step(
+        self,
+        logits_seen: np.ndarray,
+        tier: str | int,
+        depth: int,
+        features: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Per sample held at `tier` after layer `depth` (0: before any layer, mobile only): the exit to answer
+        with (1..depth), ``tiers.CONTINUE`` (run the next layer here), or ``tiers.handoff_action(t)`` (send it
+        to tier t at this boundary). `logits_seen` [n, depth, C] holds exits 1..depth, nothing later."""
         self._check_fitted()
         t = tier_index(tier)
-        arr = as_logits(logits_seen, "logits_seen")
-        first, last = tier_exit_range(self.plan_, t)
-        if first > last:
-            raise PolicyError(
-                f"tier {TIERS[t]} holds no layers in plan {self.plan_.spec} of a {self.num_layers_}-layer model; "
-                f"tier {TIERS[final_tier(self.plan_)]} answers every sample"
-            )
-        if arr.shape[1] != last:
-            raise PolicyError(
-                f"at {TIERS[t]} the policy expects the logits of exits 1..{last} (plan {self.plan_.spec}, "
-                f"{self.num_layers_} layers, as fitted); got {arr.shape[1]} exits"
-            )
-        self._check_classes(arr)
+        arr = as_logits(logits_seen, "logits_seen", allow_empty_exits=True)
+        if arr.shape[1] != depth:
+            raise PolicyError(f"after layer {depth} the policy expects the logits of exits 1..{depth}; got {arr.shape[1]}")
+        if depth > 0:
+            self._check_classes(arr)
         feats = self._as_features(features, arr.shape[0], expected_width=self.n_features_)
-        decisions = np.asarray(self._decide(arr, t, feats, **extra), dtype=np.int64)
-        self._check_decisions(decisions, arr.shape[0], t)
-        return decisions
+        extra = {}
+        if self.requires_labels:
+            if labels is None:
+                raise PolicyError(f"{type(self).__name__} needs the true labels to decide (it is a bound, not a policy)")
+            extra["labels"] = check_labels(labels, arr.shape[0], self.n_classes_)
+        actions = np.asarray(self._step(arr, t, int(depth), feats, **extra), dtype=np.int64)
+        try:
+            return check_actions(actions, self.plan_, TIERS[t], int(depth))
+        except RouteError as err:
+            raise PolicyError(f"{type(self).__name__} at {TIERS[t]} after layer {depth}: {err}") from None
 
-    def _decide(self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None) -> np.ndarray:
+    def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
-    def _check_decisions(self, decisions: np.ndarray, n: int, tier: int) -> None:
-        first, last = tier_exit_range(self.plan_, tier)
-        if decisions.shape != (n,):
-            raise PolicyError(f"{type(self).__name__} returned decisions of shape {decisions.shape}, expected ({n},)")
-        valid = (decisions == 0) | ((decisions >= first) & (decisions <= last))
-        if tier == final_tier(self.plan_):
-            valid &= decisions != 0
-        if not valid.all():
-            raise PolicyError(
-                f"{type(self).__name__} made invalid decisions at {TIERS[tier]} (allowed: 0 or exits {first}..{last}): "
-                f"{np.unique(decisions[~valid]).tolist()}"
-            )
-
     # ---- offline prediction ------------------------------------------------------------------------
-    def predict(
+    def predict_outcome(
         self, logits: np.ndarray, features: np.ndarray | None = None, labels: np.ndarray | None = None
-    ) -> np.ndarray:
-        """1-based exit per sample, by calling :meth:`decide` at mobile, edge and cloud in turn on the samples
-        still pending, each with only the exits that tier has. `labels` are passed only to policies with
-        ``requires_labels`` (the oracle) and ignored otherwise."""
+    ) -> Outcome:
+        """Route, exit and depth per sample, by driving :meth:`step` over the cached logits with the segment
+        driver the services use. `labels` are passed only to policies with ``requires_labels`` (the oracle)."""
         self._check_fitted()
-        arr = as_logits(logits)
+        arr = self._checked_logits(logits)
         n = arr.shape[0]
-        if arr.shape[1] != self.num_layers_:
-            raise PolicyError(
-                f"the policy was fitted for a {self.num_layers_}-layer model (plan {self.plan_.spec}); "
-                f"the logits have {arr.shape[1]} exits"
-            )
-        self._check_classes(arr)
         feats = self._as_features(features, n, expected_width=self.n_features_)
         y = None
         if self.requires_labels:
@@ -244,19 +208,29 @@ class ExitPolicy(BaseEstimator):
                     f"{type(self).__name__} needs the true labels to decide (it is a bound, not a policy)"
                 )
             y = check_labels(labels, n, self.n_classes_)
-        exits = np.zeros(n, dtype=np.int64)
-        pending = np.arange(n)
-        for tier in range(final_tier(self.plan_) + 1):
-            if pending.size == 0:
-                break
-            last = tier_exit_range(self.plan_, tier)[1]
-            extra = {} if y is None else {"labels": y[pending]}
-            sub_feats = None if feats is None else feats[pending]
-            decisions = self._decide_checked(arr[pending, :last], tier, sub_feats, **extra)
-            answered = decisions > 0
-            exits[pending[answered]] = decisions[answered]
-            pending = pending[~answered]
-        return exits
+
+        def step(rows: np.ndarray, seen: np.ndarray, tier: int, depth: int) -> np.ndarray:
+            return self.step(
+                seen, tier, depth, None if feats is None else feats[rows], None if y is None else y[rows]
+            )
+
+        return simulate(self.plan_, n, arr, step)
+
+    def _checked_logits(self, logits: np.ndarray) -> np.ndarray:
+        arr = as_logits(logits)
+        if arr.shape[1] != self.num_layers_:
+            raise PolicyError(
+                f"the policy was fitted for a {self.num_layers_}-layer model (plan {self.plan_.spec}); "
+                f"the logits have {arr.shape[1]} exits"
+            )
+        self._check_classes(arr)
+        return arr
+
+    def predict(
+        self, logits: np.ndarray, features: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> np.ndarray:
+        """1-based answering exit per sample (the route is in :meth:`predict_outcome`)."""
+        return self.predict_outcome(logits, features, labels).exits
 
     # ---- checks ------------------------------------------------------------------------------------
     def __sklearn_is_fitted__(self) -> bool:
@@ -296,9 +270,20 @@ class ExitPolicy(BaseEstimator):
         return arr
 
     def normalised_exit_costs(self) -> np.ndarray:
-        """Cost of answering at each exit / all-cloud reference, [L]."""
+        """Cost of answering at each exit on the linear route / all-cloud reference, [L]."""
         self._check_fitted()
         return self.cost_model_.normalised_exit_costs(self.plan_)
+
+    @property
+    def paths_(self) -> PathTable:
+        """The deployment's routes (fitted plan)."""
+        self._check_fitted()
+        return path_table(self.plan_)
+
+    def normalised_path_costs(self) -> np.ndarray:
+        """Normalised cost of answering by route p after its answering stop ran to layer j, [P, L]."""
+        self._check_fitted()
+        return self.cost_model_.path_costs(self.plan_, list(self.paths_.paths))
 
     def _temps(self, k: int) -> np.ndarray | None:
         """Temperatures of exits 1..k (the ones a tier has seen)."""

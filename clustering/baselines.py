@@ -15,11 +15,12 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from tiers import CostModel, TierPlan
+from tiers import CONTINUE, CostModel, TierPlan, chain_path, reference_path
 
-from .base import ExitPolicy, final_tier, register_policy, route_to_exits, tier_exit_range
+from .base import ExitPolicy, register_policy
 from .errors import PolicyError
 from .evaluation import check_exits, tier_shares
+from .routing import Outcome, chain_actions, follow_targets, path_table
 from .profiles import REGRESSION_TOLERANCE, check_labels, exit_scores, is_regression, per_exit_correct, predictions
 
 SELECTIONS: tuple[str, ...] = ("max_drop", "reward")
@@ -62,17 +63,6 @@ def first_passing_exit(passes: np.ndarray) -> np.ndarray:
     return np.where(hit, passes.argmax(axis=1) + 1, 0)
 
 
-def _tier_block_decision(passes: np.ndarray, plan: TierPlan, tier: int) -> np.ndarray:
-    """Decision at `tier` from per-exit pass flags over exits 1..k: the first passing exit the tier holds;
-    otherwise hand off, or the tier's last exit at the final tier."""
-    first, last = tier_exit_range(plan, tier)
-    local = first_passing_exit(passes[:, first - 1 : last])
-    decision = np.where(local > 0, local + first - 1, 0)
-    if tier == final_tier(plan):
-        decision = np.where(decision == 0, last, decision)
-    return decision
-
-
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise PolicyError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
@@ -85,16 +75,20 @@ def _check_nonneg(name: str, value: float) -> None:
 
 # ---- fixed tier / exit --------------------------------------------------------------------------------------
 class _FixedTargetPolicy(ExitPolicy):
-    """Answers every sample at one exit; subclasses say which."""
+    """Answers every sample by one route at one exit; subclasses say which."""
 
     fit_requires_labels: ClassVar[bool] = False
 
-    def _target(self) -> int:
+    def _target(self) -> tuple[tuple, int]:
+        """(route, exit) every sample takes."""
         raise NotImplementedError
 
-    def _decide(self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None) -> np.ndarray:
-        targets = np.full(logits_seen.shape[0], self._target(), dtype=np.int64)
-        return route_to_exits(targets, self.plan_, tier)
+    def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:
+        path, exit_index = self._target()
+        table = path_table(self.plan_)
+        n = logits_seen.shape[0]
+        routes = np.full(n, table.index(path), dtype=np.int64)
+        return follow_targets(table, routes, np.full(n, exit_index, dtype=np.int64), tier, depth)
 
 
 class _AllTierPolicy(_FixedTargetPolicy):
@@ -104,8 +98,15 @@ class _AllTierPolicy(_FixedTargetPolicy):
         self.plan = plan
         self.cost_model = cost_model
 
-    def _target(self) -> int:
-        return {"mobile": self.plan_.mobile_end, "edge": self.plan_.edge_end, "cloud": self.plan_.num_layers}[self.TIER]
+    def _target(self) -> tuple[tuple, int]:
+        plan = self.plan_
+        if self.TIER == "mobile":
+            return chain_path(plan, plan.mobile_end), plan.mobile_end
+        if self.TIER == "edge":
+            if 0 in plan.accepts("edge"):
+                return (("mobile", 0), ("edge", 0)), plan.edge_end
+            return chain_path(plan, plan.edge_end), plan.edge_end
+        return reference_path(plan), plan.num_layers
 
 
 @register_policy
@@ -117,21 +118,22 @@ class AllMobilePolicy(_AllTierPolicy):
 
 @register_policy
 class AllEdgePolicy(_AllTierPolicy):
-    """Every sample answered on edge at exit e."""
+    """Every sample sent as token ids straight to edge and answered there at exit e (through mobile's
+    layers when edge does not accept token ids)."""
 
     TIER = "edge"
 
 
 @register_policy
 class AllCloudPolicy(_AllTierPolicy):
-    """Every sample answered at the final exit L (the reference accuracy)."""
+    """The all-cloud reference route: token ids straight to the cloud, answered at the final exit L."""
 
     TIER = "cloud"
 
 
 @register_policy
 class FixedExitPolicy(_FixedTargetPolicy):
-    """Every sample answered at `exit_index` (1-based; None = L)."""
+    """Every sample answered at `exit_index` (1-based; None = L) on the linear route."""
 
     def __init__(
         self, plan: TierPlan | None = None, cost_model: CostModel | None = None, exit_index: int | None = None
@@ -146,8 +148,8 @@ class FixedExitPolicy(_FixedTargetPolicy):
             raise PolicyError(f"exit_index={self.exit_index} is outside 1..{self.num_layers_}")
         self.exit_ = target
 
-    def _target(self) -> int:
-        return self.exit_
+    def _target(self) -> tuple[tuple, int]:
+        return chain_path(self.plan_, int(self.exit_)), int(self.exit_)
 
     def _state_to_dict(self) -> dict[str, Any]:
         return {"exit": int(self.exit_)}
@@ -239,9 +241,12 @@ class ThresholdPolicy(ExitPolicy):
         chosen = select_setting(exits, correct, self.normalised_exit_costs(), self.selection, self.max_drop, self.mu)
         self.threshold_ = float(candidates[chosen])
 
-    def _decide(self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None) -> np.ndarray:
-        scores = exit_scores(logits_seen, self.score, self._temps(logits_seen.shape[1]))
-        return _tier_block_decision(self._passes(scores, self.threshold_), self.plan_, tier)
+    def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:
+        if depth == 0:
+            return np.full(logits_seen.shape[0], CONTINUE, dtype=np.int64)
+        temps = None if self.temperatures_ is None else self.temperatures_[depth - 1 : depth]
+        scores = exit_scores(logits_seen[:, depth - 1 : depth], self.score, temps)[:, 0]
+        return chain_actions(self._passes(scores, self.threshold_), self.plan_, tier, depth)
 
     def _state_to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold_}
@@ -314,9 +319,11 @@ class PatiencePolicy(ExitPolicy):
         chosen = select_setting(exits, correct, self.normalised_exit_costs(), self.selection, self.max_drop, self.mu)
         self.patience_ = int(candidates[chosen])
 
-    def _decide(self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None) -> np.ndarray:
+    def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:
+        if depth == 0:
+            return np.full(logits_seen.shape[0], CONTINUE, dtype=np.int64)
         counters = patience_counters(logits_seen, self.tolerance)
-        return _tier_block_decision(counters >= self.patience_, self.plan_, tier)
+        return chain_actions(counters[:, -1] >= self.patience_, self.plan_, tier, depth)
 
     def _state_to_dict(self) -> dict[str, Any]:
         return {"patience": self.patience_}
@@ -384,9 +391,17 @@ class RandomTierPolicy(ExitPolicy):
         labels: np.ndarray | None = None,
         features: np.ndarray | None = None,
         reference_exits: np.ndarray | None = None,
+        reference_tiers: np.ndarray | None = None,
     ) -> "RandomTierPolicy":
+        """`reference_tiers` (answering tier index per sample) or `reference_exits` (exits on the linear
+        route) set the proportions from another policy's answers."""
         super().fit(logits, labels, features)
-        if reference_exits is not None:
+        if reference_tiers is not None:
+            tiers_ = np.asarray(reference_tiers, dtype=np.int64)
+            if tiers_.size == 0 or tiers_.min() < 0 or tiers_.max() > 2:
+                raise PolicyError("reference_tiers must be a non-empty array of tier indices 0..2")
+            self.proportions_ = np.bincount(tiers_, minlength=3) / tiers_.size
+        elif reference_exits is not None:
             exits = check_exits(reference_exits, np.shape(reference_exits)[0], self.num_layers_)
             if exits.size == 0:
                 raise PolicyError("reference_exits is empty")
@@ -404,17 +419,22 @@ class RandomTierPolicy(ExitPolicy):
         seed: int = 0,
     ) -> "RandomTierPolicy":
         """A fitted random policy with the tier proportions `policy` gives on `logits`."""
-        exits = policy.predict(logits, features, labels=labels)
-        return cls(plan=policy.plan_, cost_model=policy.cost_model_, seed=seed).fit(logits, reference_exits=exits)
+        outcome = policy.predict_outcome(logits, features, labels=labels)
+        answering = outcome.table.final[outcome.routes]
+        return cls(plan=policy.plan_, cost_model=policy.cost_model_, seed=seed).fit(logits, reference_tiers=answering)
 
     def _fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None) -> None:
         self.proportions_ = _check_proportions(self.proportions)
 
-    def _decide(self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None) -> np.ndarray:
+    def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:
+        """On the linear route: a tier answers at its last exit the samples drawn for it."""
+        if depth == 0:
+            return np.full(logits_seen.shape[0], CONTINUE, dtype=np.int64)
         u = sample_uniforms(logits_seen[:, 0, :], self.seed)
         tiers = np.minimum(np.searchsorted(np.cumsum(self.proportions_), u, side="right"), 2)
         targets = np.array([self.plan_.mobile_end, self.plan_.edge_end, self.plan_.num_layers])[tiers]
-        return route_to_exits(targets, self.plan_, tier)
+        table = path_table(self.plan_)
+        return follow_targets(table, table.chain_indices(targets), targets, tier, depth)
 
     def _state_to_dict(self) -> dict[str, Any]:
         return {"proportions": self.proportions_.tolist()}
@@ -443,20 +463,28 @@ class OraclePolicy(ExitPolicy):
         self.cost_model = cost_model
         self.regression_tolerance = regression_tolerance
 
-    def decide(
-        self,
-        logits_seen: np.ndarray,
-        tier: str | int,
-        features: np.ndarray | None = None,
-        labels: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def predict_outcome(
+        self, logits: np.ndarray, features: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> Outcome:
+        """Per sample the cheapest (route, exit) whose answer is right; the all-cloud reference route if none."""
+        self._check_fitted()
         if labels is None:
-            raise PolicyError("OraclePolicy.decide needs the true labels")
-        return self._decide_checked(logits_seen, tier, features, labels=labels)
+            raise PolicyError("OraclePolicy needs the true labels to decide (it is a bound, not a policy)")
+        arr = self._checked_logits(logits)
+        y = check_labels(labels, arr.shape[0], self.n_classes_)
+        correct = per_exit_correct(arr, y, self.regression_tolerance)
+        table = path_table(self.plan_)
+        routes, exits = table.candidates(0)
+        costs = self.normalised_path_costs()[routes, exits - 1]
+        order = np.lexsort((exits, costs))  # cheapest first; ties -> the earlier exit
+        routes, exits = routes[order], exits[order]
+        hits = correct[:, exits - 1]
+        fallback_route = table.index(reference_path(self.plan_))
+        best = hits.argmax(axis=1)
+        any_hit = hits.any(axis=1)
+        chosen_routes = np.where(any_hit, routes[best], fallback_route)
+        chosen_exits = np.where(any_hit, exits[best], self.num_layers_)
+        return Outcome(table, chosen_routes.astype(np.int64), chosen_exits.astype(np.int64), chosen_exits.copy())
 
-    def _decide(
-        self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None, labels: np.ndarray | None = None
-    ) -> np.ndarray:
-        y = check_labels(labels, logits_seen.shape[0], logits_seen.shape[2])
-        correct = per_exit_correct(logits_seen, y, self.regression_tolerance)
-        return _tier_block_decision(correct, self.plan_, tier)
+    def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None, labels=None):
+        raise PolicyError("OraclePolicy is a bound computed offline from all exits; it cannot decide step by step")

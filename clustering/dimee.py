@@ -65,11 +65,13 @@ from threadpoolctl import threadpool_limits
 
 from tiers import TIERS, CostModel, TierPlan
 
-from .base import ExitPolicy, final_tier, register_policy, route_to_exits, tier_exit_range
+from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, chain_path, exit_span
+
+from .base import ExitPolicy, register_policy
 from .baselines import ThresholdPolicy
 from .errors import PolicyError
-from .evaluation import tier_shares
 from .profiles import REGRESSION_TOLERANCE, exit_profile, per_exit_correct
+from .routing import chain_actions, follow_targets, path_table
 
 ASSIGNMENTS: tuple[str, ...] = ("clusters", "pools")
 POOL_RULES: tuple[str, ...] = ("oracle", "threshold")
@@ -77,6 +79,8 @@ FEATURE_KINDS: tuple[str, ...] = ("profile", "embedding")
 CANDIDATE_SETS: tuple[str, ...] = ("all", "tier_ends")
 DECISION_EXIT_SETS: tuple[str, ...] = ("all", "tier_ends")
 CASCADE_POPULATIONS: tuple[str, ...] = ("all", "reached")
+ROUTE_SETS: tuple[str, ...] = ("all", "chain")
+ENTRY_FEATURES: tuple[str | None, ...] = (None, "embedding")
 CONTINUE = 0  # a cascade stage's "exit" for a cluster that continues to the next decision exit
 
 
@@ -87,8 +91,10 @@ class RoutingStage:
     mean: np.ndarray  # [d]
     scale: np.ndarray  # [d]
     centers: np.ndarray  # [k, d], in standardised space
-    exits: np.ndarray  # [k], 1-based exit per centre
+    exits: np.ndarray  # [k], 1-based exit per centre (cascade: the decision exit or CONTINUE; entry stage:
+    #                   the entry tier index 0 mobile, 1 edge, 2 cloud)
     sizes: np.ndarray  # [k], fit samples per centre
+    routes: np.ndarray | None = None  # [k], route index (into the plan's path table) per centre, if routed
 
     def assign(self, x: np.ndarray) -> np.ndarray:
         """Index of the nearest centre per row (ties -> lowest index, as k-means predict)."""
@@ -101,14 +107,24 @@ class RoutingStage:
     def targets(self, x: np.ndarray) -> np.ndarray:
         return self.exits[self.assign(x)]
 
+    def target_routes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(route index, exit) of each row's nearest centre."""
+        if self.routes is None:
+            raise PolicyError("this stage has no routes (a cascade or entry stage)")
+        centre = self.assign(x)
+        return self.routes[centre], self.exits[centre]
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
             "centers": self.centers.tolist(),
             "exits": self.exits.tolist(),
             "sizes": self.sizes.tolist(),
         }
+        if self.routes is not None:
+            data["routes"] = self.routes.tolist()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RoutingStage":
@@ -120,6 +136,7 @@ class RoutingStage:
             centers=centers,
             exits=np.asarray(data["exits"], dtype=np.int64),
             sizes=np.asarray(data["sizes"], dtype=np.int64),
+            routes=None if data.get("routes") is None else np.asarray(data["routes"], dtype=np.int64),
         )
 
 
@@ -215,16 +232,12 @@ def fit_pool_stage(
     return RoutingStage(mean, scale, np.array(centers), np.array(exits, dtype=np.int64), np.array(sizes))
 
 
-def pool_tiers_from_exits(exits: np.ndarray, candidates: np.ndarray, candidate_tiers: np.ndarray) -> np.ndarray:
-    """Tier of the first candidate exit >= each sample's exit (the last candidate if none)."""
-    index = np.minimum(np.searchsorted(candidates, exits, side="left"), candidates.size - 1)
-    return candidate_tiers[index]
-
-
-def cheapest_correct_exits(correct: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Per sample, the first candidate exit that is right (the last candidate if none)."""
-    block = correct[:, candidates - 1]
-    return np.where(block.any(axis=1), candidates[block.argmax(axis=1)], candidates[-1])
+def cheapest_correct_candidates(correct_at: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Per sample, the index of the cheapest candidate that is right (`correct_at` [n, J], `costs` [J]);
+    the dearest candidate if none is right."""
+    order = np.argsort(costs, kind="stable")
+    block = correct_at[:, order]
+    return np.where(block.any(axis=1), order[block.argmax(axis=1)], order[-1])
 
 
 # ---- the policy -------------------------------------------------------------------------------------------
@@ -265,6 +278,8 @@ class DimeePolicy(ExitPolicy):
         regression_tolerance: float = REGRESSION_TOLERANCE,
         decision_exits: str | Sequence[int] | None = None,
         cascade_population: str = "all",
+        routes: str = "all",
+        entry: str | None = None,
     ):
         self.plan = plan
         self.cost_model = cost_model
@@ -285,6 +300,8 @@ class DimeePolicy(ExitPolicy):
         self.regression_tolerance = regression_tolerance
         self.decision_exits = decision_exits
         self.cascade_population = cascade_population
+        self.routes = routes
+        self.entry = entry
 
     # ---- candidates and features ------------------------------------------------------------------
     def _validate_params(self) -> None:
@@ -293,6 +310,8 @@ class DimeePolicy(ExitPolicy):
             ("assignment", self.assignment, ASSIGNMENTS),
             ("pool_rule", self.pool_rule, POOL_RULES),
             ("candidate_exits", self.candidate_exits, CANDIDATE_SETS),
+            ("routes", self.routes, ROUTE_SETS),
+            ("entry", self.entry, ENTRY_FEATURES),
         ):
             if value not in allowed:
                 raise PolicyError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
@@ -306,6 +325,10 @@ class DimeePolicy(ExitPolicy):
             raise PolicyError(f"k_tolerance must be finite and >= 0, got {self.k_tolerance}")
         if int(self.n_init) < 1:
             raise PolicyError(f"n_init must be >= 1, got {self.n_init}")
+        if self.entry is not None and self.decision_exits is None:
+            raise PolicyError("entry='embedding' chooses the entry tier of a cascade: set decision_exits too")
+        if self.edge_stage and self.feature != "profile":
+            raise PolicyError("edge_stage=True decides again at edge on the exit profile: it needs feature='profile'")
         if self.decision_exits is not None:
             if self.cascade_population not in CASCADE_POPULATIONS:
                 raise PolicyError(
@@ -353,20 +376,29 @@ class DimeePolicy(ExitPolicy):
                 chosen.add(int(j))
         return np.array(sorted(chosen), dtype=np.int64)
 
-    def _candidates(self, stage: int) -> np.ndarray:
-        """Sorted 1-based candidate exits for stage 1 (mobile decision) or 2 (edge decision)."""
-        m, e, L = self.plan_.mobile_end, self.plan_.edge_end, self.plan_.num_layers
+    def _candidates(self, stage: int) -> tuple[np.ndarray, np.ndarray]:
+        """(route indices, exits) a stage may choose. Stage 1 decides on mobile: after layer m on the exit
+        profile (so it answers at m or hands on at m), before any layer on embedding features (any route,
+        any exit). Stage 2 (edge_stage) decides at edge after layer e, on the linear route."""
+        plan = self.plan_
+        m, e = plan.mobile_end, plan.edge_end
+        table = path_table(plan)
         if stage == 2:
-            depth = e
+            exits = np.arange(e, plan.num_layers + 1, dtype=np.int64)
+            routes = table.chain_indices(exits)
         else:
-            depth = m if self.feature == "profile" else 1
-        if self.candidate_exits == "all":
-            cands = set(range(depth, L + 1))
-        else:
-            cands = {j for j in (m, e, L) if j >= depth}
+            routes, exits = table.candidates(m if self.feature == "profile" else 0)
+        keep = np.ones(routes.size, dtype=bool)
+        if self.routes == "chain" or self.edge_stage:  # the edge stage decides on the linear route
+            keep &= routes == table.chain_indices(exits)
         if stage == 1 and self.edge_stage:
-            cands = {j for j in cands if j <= m or j >= e}
-        return np.array(sorted(cands), dtype=np.int64)
+            keep &= (exits <= m) | (exits >= e)
+        if self.candidate_exits == "tier_ends":
+            ends = np.array([exit_span(plan, table.paths[r])[1] for r in routes])
+            keep &= exits == ends
+        if not keep.any():
+            raise PolicyError(f"no candidate route for DIMEE stage {stage} in plan {plan.spec} with these settings")
+        return routes[keep], exits[keep]
 
     def _stage1_features(self, logits_seen: np.ndarray, features: np.ndarray | None) -> np.ndarray:
         if self.feature == "embedding":
@@ -387,8 +419,12 @@ class DimeePolicy(ExitPolicy):
         """Profile of exits 1..j (computed from those exits only, so a stage never reads a later exit)."""
         return exit_profile(logits_seen[:, :j], None, tuple(self.profile_features), self._temps(j))
 
-    def _rewards(self, correct: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        return correct[:, candidates - 1] - self.mu * self.normalised_exit_costs()[candidates - 1][None, :]
+    def _candidate_costs(self, routes: np.ndarray, exits: np.ndarray) -> np.ndarray:
+        """Normalised cost of each candidate (route, exit), answering as soon as the exit is reached [J]."""
+        return self.normalised_path_costs()[routes, exits - 1]
+
+    def _rewards(self, correct: np.ndarray, routes: np.ndarray, exits: np.ndarray) -> np.ndarray:
+        return correct[:, exits - 1] - self.mu * self._candidate_costs(routes, exits)[None, :]
 
     # ---- fitting ----------------------------------------------------------------------------------
     def _fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None) -> None:
@@ -397,11 +433,13 @@ class DimeePolicy(ExitPolicy):
         self.decision_exits_ = self._resolve_decision_exits()
         self.cascade_stages_, self.cascade_n_clusters_, self.cascade_cv_rewards_ = [], [], []
         self.__dict__.pop("pool_threshold_", None)
+        self.entry_stage_, self.entry_n_clusters_, self.entry_cv_rewards_ = None, 0, {}
         if self.decision_exits_ is not None:
             self._fit_cascade(logits, correct)
+            if self.entry is not None:
+                self._fit_entry(logits, correct, features)
             self._set_fit_summary(logits, features, correct)
             return
-        tiers_of_exit = self.plan_.exit_tiers()
         threshold_exits = None
         if self.assignment == "pools" and self.pool_rule == "threshold":
             rule = ThresholdPolicy(
@@ -415,29 +453,29 @@ class DimeePolicy(ExitPolicy):
             threshold_exits = rule.predict(logits)
             self.pool_threshold_ = rule.threshold_
 
-        c1 = self._candidates(1)
         x1 = self._stage1_features(logits, features)
         self.stage1_, self.n_clusters_, self.cv_rewards_ = self._fit_stage(
-            x1, correct, c1, tiers_of_exit, threshold_exits
+            x1, correct, self._candidates(1), threshold_exits
         )
         self.stage2_, self.edge_n_clusters_, self.edge_cv_rewards_ = None, 0, {}
         if self.edge_stage:
-            onward = self.stage1_.targets(x1) > self.plan_.mobile_end
+            onward = self.stage1_.target_routes(x1)[1] > self.plan_.mobile_end
             if not onward.any():
                 onward = np.ones(logits.shape[0], dtype=bool)  # nothing sent on in fit: fit on all samples
-            c2 = self._candidates(2)
             x2 = self._stage2_features(logits)[onward]
             sub_thr = None if threshold_exits is None else threshold_exits[onward]
             self.stage2_, self.edge_n_clusters_, self.edge_cv_rewards_ = self._fit_stage(
-                x2, correct[onward], c2, tiers_of_exit, sub_thr
+                x2, correct[onward], self._candidates(2), sub_thr
             )
         self._set_fit_summary(logits, features, correct)
 
     def _set_fit_summary(self, logits: np.ndarray, features: np.ndarray | None, correct: np.ndarray) -> None:
-        exits = self.predict(logits, features)
-        self.tier_shares_ = tier_shares(exits, self.plan_)
-        cost = self.normalised_exit_costs()[exits - 1]
-        self.fit_reward_ = float((correct[np.arange(exits.size), exits - 1] - self.mu * cost).mean())
+        outcome = self.predict_outcome(logits, features)
+        answering = outcome.table.final[outcome.routes]
+        self.tier_shares_ = {tier: float((answering == i).mean()) for i, tier in enumerate(TIERS)}
+        cost = self.normalised_path_costs()[outcome.routes, outcome.depths - 1]
+        rows = np.arange(outcome.exits.size)
+        self.fit_reward_ = float((correct[rows, outcome.exits - 1] - self.mu * cost).mean())
 
     def _fit_cascade(self, logits: np.ndarray, correct: np.ndarray) -> None:
         """Backward fit of the cascade stages (module doc); sets the cascade attributes."""
@@ -478,57 +516,132 @@ class DimeePolicy(ExitPolicy):
         self.n_clusters_ = int(sum(self.cascade_n_clusters_))
         self.cv_rewards_, self.edge_n_clusters_, self.edge_cv_rewards_ = {}, 0, {}
 
+    def _cascade_exits(self, logits: np.ndarray) -> np.ndarray:
+        """Where the cascade answers each sample: its first decision exit whose stage answers, else L. The
+        same on every entry tier, since the stages read the exits' logits only."""
+        n, L = logits.shape[0], logits.shape[1]
+        exits = np.full(n, L, dtype=np.int64)
+        open_ = np.ones(n, dtype=bool)
+        for j, stage in zip(self.decision_exits_, self.cascade_stages_):
+            answers = open_ & (stage.targets(self._cascade_features(logits, int(j))) == j)
+            exits[answers] = int(j)
+            open_ &= ~answers
+        return exits
+
+    def _entry_routes(self, exits: np.ndarray) -> np.ndarray:
+        """[n, 3] route index of a sample answering at `exits` when it enters at mobile (the linear route),
+        edge or cloud (token ids); -1 where the deployment has no such route."""
+        plan, table = self.plan_, path_table(self.plan_)
+        e = plan.edge_end
+        out = np.full((exits.size, 3), -1, dtype=np.int64)
+        out[:, 0] = table.chain_indices(exits)
+        for tier, name in ((1, "edge"), (2, "cloud")):
+            if 0 not in plan.accepts(name):
+                continue
+            for j in np.unique(exits):
+                path = (("mobile", 0), (name, 0))
+                if name == "edge" and j > e:
+                    path = path + (("cloud", e),)
+                if path in table.paths:
+                    out[exits == j, tier] = table.index(path)
+        return out
+
+    def _fit_entry(self, logits: np.ndarray, correct: np.ndarray, features: np.ndarray | None) -> None:
+        """Entry stage (entry='embedding'): on the embedding feature, before any layer, choose the tier the
+        sample enters (mobile: the linear route; edge or cloud: token ids straight there), by the reward of
+        the cascade's answer on that route."""
+        if features is None:
+            raise PolicyError("entry='embedding' routes on embedding features: pass them to fit, predict and step")
+        exits = self._cascade_exits(logits)
+        routes = self._entry_routes(exits)
+        rows = np.arange(exits.size)
+        costs = self.normalised_path_costs()
+        rewards = np.full((exits.size, 3), -np.inf)
+        for tier in range(3):
+            valid = routes[:, tier] >= 0
+            rewards[valid, tier] = correct[rows[valid], exits[valid] - 1] - self.mu * costs[
+                routes[valid, tier], exits[valid] - 1
+            ]
+        usable = np.isfinite(rewards).all(axis=0)
+        tiers_ = np.flatnonzero(usable)
+        self.entry_stage_, self.entry_n_clusters_, self.entry_cv_rewards_ = fit_cluster_stage(
+            features,
+            rewards[:, usable],
+            tiers_.astype(np.int64),
+            self.k_grid,
+            int(self.n_folds),
+            int(self.n_init),
+            int(self.random_state),
+            float(self.k_tolerance),
+        )
+
     def _fit_stage(
         self,
         x: np.ndarray,
         correct: np.ndarray,
-        candidates: np.ndarray,
-        tiers_of_exit: np.ndarray,
+        candidates: tuple[np.ndarray, np.ndarray],
         threshold_exits: np.ndarray | None,
     ) -> tuple[RoutingStage, int, dict[int, float]]:
-        rewards = self._rewards(correct, candidates)
+        routes, exits = candidates
+        rewards = self._rewards(correct, routes, exits)
+        index = np.arange(routes.size, dtype=np.int64)
         if self.assignment == "clusters":
-            return fit_cluster_stage(
+            stage, k, cv = fit_cluster_stage(
                 x,
                 rewards,
-                candidates,
+                index,
                 self.k_grid,
                 int(self.n_folds),
                 int(self.n_init),
                 int(self.random_state),
                 float(self.k_tolerance),
             )
-        candidate_tiers = tiers_of_exit[candidates - 1]
-        if self.pool_rule == "oracle":
-            pool_exits = cheapest_correct_exits(correct, candidates)
         else:
-            pool_exits = threshold_exits
-        pools = pool_tiers_from_exits(pool_exits, candidates, candidate_tiers)
-        stage = fit_pool_stage(x, pools, rewards, candidates, candidate_tiers)
-        return stage, int(stage.exits.size), {}
+            table = path_table(self.plan_)
+            candidate_tiers = table.final[routes]
+            if self.pool_rule == "oracle":
+                picked = cheapest_correct_candidates(correct[:, exits - 1], self._candidate_costs(routes, exits))
+                pools = candidate_tiers[picked]
+            else:
+                pools = self.plan_.exit_tiers()[threshold_exits - 1]
+            stage = fit_pool_stage(x, pools, rewards, index, candidate_tiers)
+            k, cv = int(stage.exits.size), {}
+        chosen = stage.exits
+        stage.routes, stage.exits = routes[chosen], exits[chosen]
+        return stage, k, cv
 
     # ---- deciding ---------------------------------------------------------------------------------
-    def _decide(self, logits_seen: np.ndarray, tier: int, features: np.ndarray | None) -> np.ndarray:
+    def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:
+        n = logits_seen.shape[0]
         if getattr(self, "decision_exits_", None) is not None:
-            return self._decide_cascade(logits_seen, tier)
-        if tier == 0 or self.stage2_ is None:
-            targets = self.stage1_.targets(self._stage1_features(logits_seen, features))
-        else:
-            targets = self.stage2_.targets(self._stage2_features(logits_seen))
-        return route_to_exits(targets, self.plan_, tier)
+            if getattr(self, "entry_stage_", None) is not None and tier == 0 and depth == 0:
+                entry = self.entry_stage_.targets(self._entry_features(features))
+                return np.select([entry == 1, entry == 2], [HANDOFF_EDGE, HANDOFF_CLOUD], CONTINUE).astype(np.int64)
+            return chain_actions(self._cascade_answers(logits_seen, depth), self.plan_, tier, depth)
+        m = self.plan_.mobile_end
+        table = path_table(self.plan_)
+        if self.stage2_ is not None and tier >= 1:
+            targets = self.stage2_.target_routes(self._stage2_features(logits_seen))[1] if depth >= self.plan_.edge_end else None
+            if targets is None:
+                return np.full(n, CONTINUE, dtype=np.int64)
+            return chain_actions(targets <= depth, self.plan_, tier, depth)
+        if self.feature == "profile" and depth < m:
+            return np.full(n, CONTINUE, dtype=np.int64)
+        routes, exits = self.stage1_.target_routes(self._stage1_features(logits_seen, features))
+        return follow_targets(table, routes, exits, tier, depth)
 
-    def _decide_cascade(self, logits_seen: np.ndarray, tier: int) -> np.ndarray:
-        """First decision exit on this tier whose stage answers; else 0 (hand off), or L at the last tier."""
-        first, last = tier_exit_range(self.plan_, tier)
-        decisions = np.zeros(logits_seen.shape[0], dtype=np.int64)
-        for j, stage in zip(self.decision_exits_, self.cascade_stages_):
-            if not first <= j <= last:
-                continue
-            answers = stage.targets(self._cascade_features(logits_seen, int(j))) == j
-            decisions = np.where((decisions == 0) & answers, int(j), decisions)
-        if tier == final_tier(self.plan_):
-            decisions = np.where(decisions == 0, last, decisions)
-        return decisions
+    def _entry_features(self, features: np.ndarray | None) -> np.ndarray:
+        if features is None:
+            raise PolicyError("this DIMEE policy chooses the entry tier on embedding features: pass them to step")
+        return features
+
+    def _cascade_answers(self, logits_seen: np.ndarray, depth: int) -> np.ndarray:
+        """Whether the cascade stage at exit `depth` answers each sample (False where no stage sits there)."""
+        where = np.flatnonzero(self.decision_exits_ == depth)
+        if depth == 0 or where.size == 0:
+            return np.zeros(logits_seen.shape[0], dtype=bool)
+        stage = self.cascade_stages_[int(where[0])]
+        return stage.targets(self._cascade_features(logits_seen, depth)) == depth
 
     def cluster_table(self) -> list[dict[str, Any]]:
         """One row per centre: stage (1 mobile decision, 2 edge decision), centre index, fit samples, exit, tier.
@@ -551,18 +664,24 @@ class DimeePolicy(ExitPolicy):
                             "tier": "continue" if exit_ == CONTINUE else TIERS[int(tiers_of_exit[exit_ - 1])],
                         }
                     )
+            entry = getattr(self, "entry_stage_", None)
+            if entry is not None:
+                for index, (size, tier) in enumerate(zip(entry.sizes, entry.exits)):
+                    rows.append({"stage": 0, "cluster": index, "size": int(size), "exit": 0, "tier": f"enter {TIERS[int(tier)]}"})
             return rows
         for stage_no, stage in ((1, self.stage1_), (2, self.stage2_)):
             if stage is None:
                 continue
-            for index, (size, exit_) in enumerate(zip(stage.sizes, stage.exits)):
+            table = path_table(self.plan_)
+            for index, (size, exit_, route) in enumerate(zip(stage.sizes, stage.exits, stage.routes)):
                 rows.append(
                     {
                         "stage": stage_no,
                         "cluster": index,
                         "size": int(size),
                         "exit": int(exit_),
-                        "tier": TIERS[int(self.plan_.exit_tiers()[exit_ - 1])],
+                        "tier": TIERS[int(table.final[route])],
+                        "route": table.labels()[int(route)],
                     }
                 )
         return rows
@@ -587,6 +706,12 @@ class DimeePolicy(ExitPolicy):
                 "n_clusters": [int(k) for k in self.cascade_n_clusters_],
                 "cv_rewards": [{str(k): v for k, v in cv.items()} for cv in self.cascade_cv_rewards_],
             }
+            if getattr(self, "entry_stage_", None) is not None:
+                state["cascade"]["entry"] = {
+                    "stage": self.entry_stage_.to_dict(),
+                    "n_clusters": int(self.entry_n_clusters_),
+                    "cv_rewards": {str(k): v for k, v in self.entry_cv_rewards_.items()},
+                }
         return state
 
     def _state_from_dict(self, state: dict[str, Any]) -> None:
@@ -613,3 +738,18 @@ class DimeePolicy(ExitPolicy):
             ]
             if len(self.cascade_stages_) != self.decision_exits_.size:
                 raise PolicyError("corrupt DIMEE state: one cascade stage per decision exit expected")
+        entry = None if cascade is None else cascade.get("entry")
+        self.entry_stage_ = None if entry is None else RoutingStage.from_dict(entry["stage"])
+        self.entry_n_clusters_ = 0 if entry is None else int(entry["n_clusters"])
+        self.entry_cv_rewards_ = {} if entry is None else {int(k): float(v) for k, v in entry["cv_rewards"].items()}
+        if self.stage1_ is not None and self.stage1_.routes is None:
+            raise PolicyError("this policy.json was written before routes existed (no route per cluster): refit it")
+        self._check_stage_routes()
+
+    def _check_stage_routes(self) -> None:
+        """Every route a fitted stage may choose exists in the fitted plan (refused at load, not per request)."""
+        table = path_table(self.plan_)
+        for stage in (self.stage1_, self.stage2_):
+            if stage is not None and stage.routes is not None:
+                if stage.routes.min() < 0 or stage.routes.max() >= len(table.paths):
+                    raise PolicyError(f"the policy names route {int(stage.routes.max())}; plan {self.plan_.spec} has {len(table.paths)}")

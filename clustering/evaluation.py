@@ -15,6 +15,7 @@ from tiers import TIERS, CostModel, TierPlan
 
 from .errors import PolicyError
 from .profiles import REGRESSION_TOLERANCE, as_logits, check_labels, per_exit_correct, predictions
+from .routing import Outcome, outcome_of_chain_exits
 
 if TYPE_CHECKING:
     from .base import ExitPolicy
@@ -68,6 +69,23 @@ def sample_costs(
     return table[np.arange(arr.shape[0]), arr - 1]
 
 
+def outcome_costs(
+    outcome: Outcome,
+    plan: TierPlan,
+    cost_model: CostModel,
+    token_counts: np.ndarray | None = None,
+    hidden_size: int = 0,
+    encoding: str = "fp32",
+) -> np.ndarray:
+    """Normalised cost of each sample's answer [n]: its route, the layers its answering stop ran, and, when
+    a link rate is set and token counts are given, the exact bytes of each hop (the services' accounting)."""
+    table = cost_model.path_costs(plan, list(outcome.table.paths), token_counts, hidden_size, encoding)
+    depth = outcome.depths - 1
+    if table.ndim == 2:
+        return table[outcome.routes, depth]
+    return table[np.arange(outcome.routes.size), outcome.routes, depth]
+
+
 def evaluate_exits(
     exits: np.ndarray,
     logits: np.ndarray,
@@ -77,14 +95,19 @@ def evaluate_exits(
     *,
     costs: np.ndarray | None = None,
     regression_tolerance: float = REGRESSION_TOLERANCE,
+    outcome: Outcome | None = None,
+    token_counts: np.ndarray | None = None,
+    hidden_size: int = 0,
 ) -> dict[str, Any]:
-    """Score one exit decision per sample.
+    """Score one answer per sample: at `exits` on the linear route, or by the routes of `outcome`.
 
     Returns a dict with scalars as Python numbers and per-sample arrays as numpy arrays:
     ``n_samples, accuracy, final_accuracy, accuracy_drop`` (final - chosen), ``mean_cost, reference_cost,
-    normalised_cost`` (mean cost / all-cloud reference), ``cost_reduction`` (1 - normalised_cost),
-    ``tier_shares, tier_counts, offloads`` (samples per hop), ``exit_counts`` (list over exits 1..L),
-    ``exits, predictions, correct``.
+    normalised_cost`` (mean per-sample cost / all-cloud reference route), ``cost_reduction`` (1 -
+    normalised_cost), ``tier_shares, tier_counts`` (by answering tier), ``offloads`` (samples per hop),
+    ``route_counts`` (per route label), ``exit_counts`` (list over exits 1..L), ``exits, routes,
+    sample_costs, predictions, correct``. `costs` ([L] or [n, L] cost units per exit on the linear route)
+    overrides the cost model there (the sweep's per-setting tables).
     """
     arr = as_logits(logits)
     n, num_layers, n_classes = arr.shape
@@ -94,29 +117,48 @@ def evaluate_exits(
         raise PolicyError(f"logits have {num_layers} exits but the plan is for a {plan.num_layers}-layer model")
     y = check_labels(labels, n, n_classes)
     chosen = check_exits(exits, n, num_layers)
+    if outcome is None:
+        outcome = outcome_of_chain_exits(plan, chosen)
+    elif not np.array_equal(outcome.exits, chosen):
+        raise PolicyError("the outcome's exits differ from `exits`")
     rows = np.arange(n)
     correct_all = per_exit_correct(arr, y, regression_tolerance)
     correct = correct_all[rows, chosen - 1]
     preds = predictions(arr)[rows, chosen - 1]
-    per_sample = sample_costs(chosen, plan, cost_model, costs)
     reference = cost_model.reference_cost(plan)
+    if costs is not None:
+        per_sample = sample_costs(chosen, plan, cost_model, costs) / reference
+    else:
+        per_sample = outcome_costs(outcome, plan, cost_model, token_counts, hidden_size)
     accuracy = float(correct.mean())
     final_accuracy = float(correct_all[:, -1].mean())
-    normalised = float(per_sample.mean() / reference)
+    normalised = float(per_sample.mean())
+    table = outcome.table
+    answering = table.final[outcome.routes]
+    counts = np.bincount(answering, minlength=3)
+    labels_ = table.labels()
+    route_counts = {labels_[r]: int(c) for r, c in enumerate(np.bincount(outcome.routes, minlength=len(labels_))) if c}
+    hops = {"mobile_edge": 0, "mobile_cloud": 0, "edge_cloud": 0}
+    for r, c in enumerate(np.bincount(outcome.routes, minlength=len(labels_))):
+        for (a, _), (b, _) in zip(table.paths[r][:-1], table.paths[r][1:]):
+            hops[f"{a}_{b}"] += int(c)
     return {
         "n_samples": int(n),
         "accuracy": accuracy,
         "final_accuracy": final_accuracy,
         "accuracy_drop": final_accuracy - accuracy,
-        "mean_cost": float(per_sample.mean()),
+        "mean_cost": normalised * reference,
         "reference_cost": float(reference),
         "normalised_cost": normalised,
         "cost_reduction": 1.0 - normalised,
-        "tier_shares": tier_shares(chosen, plan),
-        "tier_counts": tier_counts(chosen, plan),
-        "offloads": offload_counts(chosen, plan),
+        "tier_shares": {tier: float(c / n) for tier, c in zip(TIERS, counts)},
+        "tier_counts": {tier: int(c) for tier, c in zip(TIERS, counts)},
+        "offloads": hops,
+        "route_counts": route_counts,
         "exit_counts": np.bincount(chosen - 1, minlength=num_layers).tolist(),
         "exits": chosen,
+        "routes": outcome.routes,
+        "sample_costs": per_sample,
         "predictions": preds,
         "correct": correct,
     }
@@ -128,11 +170,21 @@ def evaluate_policy(
     labels: np.ndarray,
     features: np.ndarray | None = None,
     *,
-    costs: np.ndarray | None = None,
+    token_counts: np.ndarray | None = None,
+    hidden_size: int = 0,
 ) -> dict[str, Any]:
-    """`evaluate_exits` on a fitted policy's decisions, with its own plan, cost model and tolerance."""
-    exits = policy.predict(logits, features, labels=labels if policy.requires_labels else None)
+    """`evaluate_exits` on a fitted policy's routed answers, with its own plan, cost model and tolerance;
+    `token_counts` (and `hidden_size`) make payload-size charges per sample exact when a link rate is set."""
+    outcome = policy.predict_outcome(logits, features, labels=labels if policy.requires_labels else None)
     tolerance = getattr(policy, "regression_tolerance", REGRESSION_TOLERANCE)
     return evaluate_exits(
-        exits, logits, labels, policy.plan_, policy.cost_model_, costs=costs, regression_tolerance=tolerance
+        outcome.exits,
+        logits,
+        labels,
+        policy.plan_,
+        policy.cost_model_,
+        regression_tolerance=tolerance,
+        outcome=outcome,
+        token_counts=token_counts,
+        hidden_size=hidden_size,
     )

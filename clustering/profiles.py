@@ -29,7 +29,7 @@ FEATURES: tuple[str, ...] = ("confidence", "entropy", "margin")
 
 
 # ---- validation ----------------------------------------------------------------------------------------
-def as_logits(logits: np.ndarray, name: str = "logits") -> np.ndarray:
+def as_logits(logits: np.ndarray, name: str = "logits", allow_empty_exits: bool = False) -> np.ndarray:
     """Check that `logits` is a finite numeric [n, exits, classes] array; return it as float64."""
     arr = np.asarray(logits)
     if arr.ndim != 3:
@@ -39,7 +39,7 @@ def as_logits(logits: np.ndarray, name: str = "logits") -> np.ndarray:
         )
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
         raise PolicyError(f"{name} must be numeric, got dtype {arr.dtype}")
-    if arr.shape[1] < 1 or arr.shape[2] < 1:
+    if (arr.shape[1] < 1 and not allow_empty_exits) or arr.shape[2] < 1:
         raise PolicyError(f"{name} need at least one exit and one class; got shape {arr.shape}")
     arr = arr.astype(np.float64, copy=False)
     if not np.isfinite(arr).all():

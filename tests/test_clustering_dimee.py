@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clustering import DimeePolicy, Group, PolicyError, evaluate_exits, make_exit_logits, policy_from_dict, tier_shares
-from tiers import CostModel, TierPlan
+from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, CostModel, TierPlan
 
 PLAN = TierPlan(2, 4, 6)
 # easy: right and confident from exit 1; moderate: right from exit 3, mid confidence before; hard: right at 6 only
@@ -212,13 +212,16 @@ def test_cascade_decisions_are_causal(fit_test, cascade):
         early = exits <= j
         np.testing.assert_array_equal(after[early], exits[early])  # answered at <= j: unchanged
         assert (after[~early] > j).all()  # the others still go past j
-    # decide at mobile sees only exits 1..m; edge only its own decision exits (or hands off)
-    mobile = cascade.decide(test.logits[:, :2], "mobile")
-    np.testing.assert_array_equal(mobile, np.where(exits <= 2, exits, 0))
-    edge = cascade.decide(test.logits[:, :4], "edge")
-    assert set(np.unique(edge)) <= {0, 3, 4}
-    cloud = cascade.decide(test.logits, "cloud")
-    assert set(np.unique(cloud)) <= {5, 6}
+    # after exit j the cascade answers at j or goes on (continue; hand on at a tier's last layer)
+    one = cascade.step(test.logits[:, :1], "mobile", 1)
+    assert set(np.unique(one)) <= {0, 1}
+    mobile = cascade.step(test.logits[:, :2], "mobile", 2)
+    np.testing.assert_array_equal(mobile[exits == 2], 2)
+    assert set(np.unique(mobile[exits > 2])) == {HANDOFF_EDGE}
+    edge = cascade.step(test.logits[:, :4], "edge", 4)
+    assert set(np.unique(edge)) <= {4, HANDOFF_CLOUD}
+    cloud = cascade.step(test.logits, "cloud", 6)
+    assert set(np.unique(cloud)) == {6}
 
 
 def test_cascade_round_trip(fit_test, cascade):
@@ -227,9 +230,9 @@ def test_cascade_round_trip(fit_test, cascade):
     again = policy_from_dict(data)
     assert again.to_dict() == cascade.to_dict()
     np.testing.assert_array_equal(again.predict(test.logits), cascade.predict(test.logits))
-    for tier, last in (("mobile", 2), ("edge", 4), ("cloud", 6)):
-        seen = test.logits[:, :last]
-        np.testing.assert_array_equal(again.decide(seen, tier), cascade.decide(seen, tier))
+    for tier, depth in (("mobile", 1), ("mobile", 2), ("edge", 3), ("edge", 4), ("cloud", 5), ("cloud", 6)):
+        seen = test.logits[:, :depth]
+        np.testing.assert_array_equal(again.step(seen, tier, depth), cascade.step(seen, tier, depth))
     assert again.cluster_table() == cascade.cluster_table()
     assert again.tier_shares_ == cascade.tier_shares_ and again.fit_reward_ == cascade.fit_reward_
     assert again.cascade_cv_rewards_ == cascade.cascade_cv_rewards_

@@ -1,5 +1,5 @@
-"""The policy interface, for every policy: sklearn estimator API, JSON round trip, predict == composition of
-decide, causality, batch-order invariance, and clear errors."""
+"""The policy interface, for every policy: sklearn estimator API, JSON round trip, the step protocol against a
+per-sample reference walk, causality, batch-order invariance, and clear errors."""
 
 import json
 
@@ -24,7 +24,7 @@ from clustering import (
     policy_from_dict,
     registered_policies,
 )
-from tiers import TIERS, CostModel, TierPlan
+from tiers import CONTINUE, TIERS, CostModel, TierPlan
 
 PLAN = TierPlan(2, 4, 6)
 GROUPS = [Group(60, 1, 0.3), Group(60, 3, 1.5), Group(60, 6, 0.0)]
@@ -65,10 +65,24 @@ def run_predict(policy: ExitPolicy, logits, features, labels) -> np.ndarray:
     return policy.predict(logits, features, labels=labels)
 
 
-def run_decide(policy: ExitPolicy, logits_seen, tier, features, labels) -> np.ndarray:
-    if policy.requires_labels:
-        return policy.decide(logits_seen, tier, features, labels=labels)
-    return policy.decide(logits_seen, tier, features)
+def run_step(policy: ExitPolicy, logits_seen, tier, depth, features, labels) -> np.ndarray:
+    return policy.step(logits_seen, tier, depth, features, labels if policy.requires_labels else None)
+
+
+def walk_one(policy: ExitPolicy, logits, feature) -> tuple[list[tuple[str, int]], int]:
+    """Reference: one sample, one tier and one layer at a time, written out by hand (no segment driver)."""
+    route, tier, depth = [("mobile", 0)], "mobile", 0
+    last = {"mobile": PLAN.mobile_end, "edge": PLAN.edge_end, "cloud": PLAN.num_layers}
+    while True:
+        action = int(policy.step(logits[None, :depth], tier, depth, feature[None])[0])
+        if action > 0:
+            return route, action
+        if action == CONTINUE:
+            assert depth < last[tier]
+            depth += 1
+            continue
+        tier = TIERS[-action]
+        route.append((tier, depth))
 
 
 def test_every_policy_is_registered():
@@ -107,24 +121,27 @@ def test_json_round_trip_gives_identical_decisions(name, fitted, data):
         run_predict(unfitted, test.logits, test.embeddings, test.labels)
 
 
-@pytest.mark.parametrize("name", FACTORIES)
-def test_predict_is_the_composition_of_decide(name, fitted, data):
+@pytest.mark.parametrize("name", [n for n in FACTORIES if n != "oracle"])
+def test_batched_outcome_equals_a_sample_by_sample_walk(name, fitted, data):
     _, test = data
     policy = fitted[name]
-    m, e = PLAN.mobile_end, PLAN.edge_end
-    exits = run_predict(policy, test.logits, test.embeddings, test.labels)
-    mobile = run_decide(policy, test.logits[:, :m], "mobile", test.embeddings, test.labels)
-    assert ((mobile == 0) | (mobile <= m)).all()
-    on = np.nonzero(mobile == 0)[0]
-    edge = run_decide(policy, test.logits[on, :e], "edge", test.embeddings[on], test.labels[on])
-    assert ((edge == 0) | ((edge > m) & (edge <= e))).all()
-    on2 = on[edge == 0]
-    cloud = run_decide(policy, test.logits[on2], "cloud", test.embeddings[on2], test.labels[on2])
-    assert (cloud > e).all()
-    composed = mobile.copy()
-    composed[on] = edge
-    composed[on2] = cloud
-    np.testing.assert_array_equal(composed, exits)
+    outcome = policy.predict_outcome(test.logits, test.embeddings)
+    for i in range(0, len(test.labels), 7):
+        route, exit_ = walk_one(policy, test.logits[i], test.embeddings[i])
+        assert outcome.table.paths[outcome.routes[i]] == tuple(route)
+        assert outcome.exits[i] == exit_
+
+
+def test_fixed_policies_take_the_routes_they_name(fitted, data):
+    _, test = data
+    labels = {name: set(fitted[name].predict_outcome(test.logits, test.embeddings).route_labels()) for name in
+              ("all_mobile", "all_edge", "all_cloud", "fixed_3")}
+    assert labels == {
+        "all_mobile": {"mobile@0"},
+        "all_edge": {"mobile@0>edge@0"},  # token ids straight to edge
+        "all_cloud": {"mobile@0>cloud@0"},  # the reference route
+        "fixed_3": {"mobile@0>edge@2"},
+    }
 
 
 @pytest.mark.parametrize("name", FACTORIES)
@@ -159,8 +176,12 @@ def test_empty_batches_are_fine(name, fitted, data):
     _, test = data
     policy = fitted[name]
     none = slice(0, 0)
-    for tier, k in (("mobile", 2), ("edge", 4), ("cloud", 6)):
-        out = run_decide(policy, test.logits[none, :k], tier, test.embeddings[none], test.labels[none])
+    if name == "oracle":
+        with pytest.raises(PolicyError, match="bound"):
+            run_step(policy, test.logits[none, :2], "mobile", 2, test.embeddings[none], test.labels[none])
+        return
+    for tier, k in (("mobile", 0), ("mobile", 2), ("edge", 4), ("cloud", 6)):
+        out = run_step(policy, test.logits[none, :k], tier, k, test.embeddings[none], test.labels[none])
         assert out.shape == (0,) and out.dtype == np.int64
 
 
@@ -169,12 +190,12 @@ def test_plan_without_cloud_layers(name, data):
     fit, test = data
     plan = TierPlan(2, 6, 6)
     policy = FACTORIES[name]().set_params(plan=plan).fit(fit.logits, fit.labels, fit.embeddings)
-    exits = run_predict(policy, test.logits, test.embeddings, test.labels)
-    assert exits.min() >= 1 and exits.max() <= 6
-    with pytest.raises(PolicyError, match="holds no layers"):
-        run_decide(policy, test.logits, "cloud", test.embeddings, test.labels)
-    edge = run_decide(policy, test.logits, "edge", test.embeddings, test.labels)
-    assert (edge > 2).all()  # the last tier always answers
+    outcome = policy.predict_outcome(test.logits, test.embeddings, labels=test.labels)
+    assert outcome.exits.min() >= 1 and outcome.exits.max() <= 6
+    assert not any("cloud" in label for label in outcome.route_labels())  # cloud holds nothing here
+    if name in ("confidence", "all_cloud"):  # rules that may see any sample at edge
+        edge = run_step(policy, test.logits, "edge", 6, test.embeddings, test.labels)
+        assert (edge > 0).all()  # the last layer of the last tier always answers
 
 
 def test_errors_are_clear(fitted, data):
@@ -187,11 +208,9 @@ def test_errors_are_clear(fitted, data):
     with pytest.raises(PolicyError, match="6-layer"):
         policy.predict(np.concatenate([test.logits, test.logits[:, :2]], axis=1))
     with pytest.raises(PolicyError, match="exits 1..2"):
-        policy.decide(test.logits[:, :3], "mobile")
-    with pytest.raises(PolicyError, match="exits 1..4"):
-        policy.decide(test.logits, "edge")
+        policy.step(test.logits[:, :3], "mobile", 2)
     with pytest.raises(PolicyError, match="unknown tier"):
-        policy.decide(test.logits[:, :2], "fog")
+        policy.step(test.logits[:, :2], "fog", 2)
     bad = test.logits.copy()
     bad[3, 1, 0] = np.nan
     with pytest.raises(PolicyError, match="NaN"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiers import CostModel, CostModelError, HandoffFormatError, TierPlan, decode_handoff, encode_handoff, payload_size
+from tiers import CostModel, CostModelError, HandoffFormatError, Stop, TierPlan, decode_handoff, encode_handoff, payload_size
 
 
 def _batch(seed=0, batch=3, seq=7, hidden=16):
@@ -90,30 +90,36 @@ def test_non_finite_values_are_refused():
 
 
 def test_exit_costs_follow_the_plan():
-    cost = CostModel(mobile_layer=1, edge_layer=0.5, cloud_layer=0.25, mobile_to_edge=2, edge_to_cloud=3, input_to_cloud=4)
+    cost = CostModel(mobile_layer=1, edge_layer=0.5, cloud_layer=0.25, mobile_to_edge=2, edge_to_cloud=3, mobile_to_cloud=4)
     plan = TierPlan(2, 4, 6)
-    # exits 1..6: 1, 2, 2+.5+2, 2+1+2, 5+.25+3, 5+.5+3
+    # exits 1..6 on the linear route: 1, 2, 2+.5+2, 2+1+2, 5+.25+3, 5+.5+3
     np.testing.assert_allclose(cost.exit_costs(plan), [1, 2, 4.5, 5, 8.25, 8.5])
     assert cost.reference_cost(plan) == 4 + 6 * 0.25
-    breakdown = cost.breakdown(plan, 5)
+    stops = [Stop("mobile", 0, 2), Stop("edge", 2, 4), Stop("cloud", 4, 5)]
+    breakdown = cost.route_breakdown(plan, stops, {})
     assert breakdown["layers"] == {"mobile": 2, "edge": 2, "cloud": 1}
+    assert breakdown["offload_units"] == {"mobile_edge": 2.0, "edge_cloud": 3.0}
     assert breakdown["total_units"] == pytest.approx(8.25)
     assert breakdown["normalised"] == pytest.approx(8.25 / 5.5)
 
 
 def test_rate_limited_links_charge_by_payload_size():
-    cost = CostModel(mobile_edge_rate_bps=8e6, edge_cloud_rate_bps=8e6, transmit_cost_per_second=10.0)
+    cost = CostModel(mobile_edge_rate_bps=8e6, mobile_cloud_rate_bps=8e6, transmit_cost_per_second=10.0)
     plan = TierPlan(2, 4, 6)
-    per_sample = cost.exit_costs(plan, token_counts=np.array([10, 100]), hidden_size=384)
-    fixed = cost.exit_costs(plan)
-    extra_edge = payload_size([100], 384) / 1e6 * 10.0  # bytes*8 / 8e6 bit/s * 10 units/s
-    assert per_sample.shape == (2, 6)
-    np.testing.assert_allclose(per_sample[:, :2], fixed[None, :2].repeat(2, 0))
-    assert per_sample[1, 2] == pytest.approx(fixed[2] + extra_edge)
-    assert per_sample[1, 5] > per_sample[0, 5]
+    paths = [(("mobile", 0), ("edge", 2)), (("mobile", 0), ("cloud", 0))]
+    table = cost.path_costs(plan, paths, token_counts=np.array([10, 100]), hidden_size=384)
+    assert table.shape == (2, 2, 6)
+    # hidden states after layer 2 to edge: 24 + 4 + 100*384*4 bytes -> bytes*8 / 8e6 bit/s * 10 units/s
+    hidden_bytes = 16 + 4 + 4 + 100 * 384 * 4
+    token_bytes = 16 + 4 + 5 * 100
+    reference = 0.50 + 6 * 0.02 + token_bytes / 1e6 * 10.0
+    expected = (2 * 0.10 + 0.20 + hidden_bytes / 1e6 * 10.0 + 1 * 0.05) / reference
+    assert table[1, 0, 2] == pytest.approx(expected, rel=1e-12)
+    assert table[1, 1, 5] == pytest.approx(1.0, rel=1e-12)  # the reference route itself
+    assert np.isnan(table[0, 0, 0])  # edge entered at 2 cannot answer at exit 1
 
 
-@pytest.mark.parametrize("bad", [{"mobile_layer": -1}, {"edge_to_cloud": float("nan")}, {"input_to_cloud": float("inf")}])
+@pytest.mark.parametrize("bad", [{"mobile_layer": -1}, {"edge_to_cloud": float("nan")}, {"mobile_to_cloud": float("inf")}])
 def test_invalid_costs_are_refused(bad):
     with pytest.raises(CostModelError, match="finite number >= 0"):
         CostModel(**bad)
@@ -124,3 +130,5 @@ def test_unknown_field_is_refused():
         CostModel().with_values(mobile_layers=1)
     assert CostModel().with_values(mobile_layer=0.3).mobile_layer == 0.3
     assert CostModel.from_dict(CostModel.splitee(0.4).to_dict()) == CostModel.splitee(0.4)
+    # run.json files written before routes named the direct hop input_to_cloud
+    assert CostModel.from_dict({"input_to_cloud": 0.7}).mobile_to_cloud == 0.7

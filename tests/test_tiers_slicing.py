@@ -71,13 +71,19 @@ def test_save_and_load_single_tier_reads_only_its_weights(tmp_path):
     reloaded = EarlyExitModel.from_pretrained(tmp_path)
     ids, mask = random_batch(batch=3, seq=9, vocab=100)
     parts = {tier: load_tier_part(tmp_path, plan, tier) for tier in ("mobile", "edge", "cloud")}
-    assert parts["edge"].embeddings is None and len(parts["edge"].layers) == 2
-    n_params = {tier: sum(p.numel() for p in part.parameters()) for tier, part in parts.items()}
+    # default deployment: edge holds 1..4 and cloud 1..6 (both accept token ids), each with the embeddings
+    assert [len(parts[t].layers) for t in ("mobile", "edge", "cloud")] == [2, 4, 6]
+    assert all(parts[t].embeddings is not None for t in parts)
+    chain_only = TierPlan(2, 4, 6, edge_accepts=(2,), cloud_accepts=(4,))
+    lean = {tier: load_tier_part(tmp_path, chain_only, tier) for tier in ("mobile", "edge", "cloud")}
+    assert lean["edge"].embeddings is None and len(lean["edge"].layers) == 2
+    n_params = {tier: sum(p.numel() for p in part.parameters()) for tier, part in lean.items()}
     assert n_params["mobile"] > n_params["edge"] == n_params["cloud"]
     with torch.no_grad():
         reference = model(ids, mask)
         assert (reloaded(ids, mask) - reference).abs().max().item() <= TOL
         assert (run_three_tiers(parts, ids, mask) - reference).abs().max().item() <= TOL
+        assert (run_three_tiers(lean, ids, mask) - reference).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("spec", [(0, 2), (2, 2), (3, 2), (2, 7)])

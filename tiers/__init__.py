@@ -1,8 +1,41 @@
 """Bottom layer: the early-exit model, tier plan and slicing, the hidden-state codec, the cost model."""
 
 from .channel import Channel, ChannelError, TransmissionOutcome, add_awgn, measured_snr_db, signal_power
-from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, decode_handoff, encode_handoff, payload_size
-from .cost import CostModel, CostModelError
+from .codec import (
+    CONTENT_TYPE,
+    ENCODINGS,
+    TOKENS_CONTENT_TYPE,
+    Handoff,
+    HandoffFormatError,
+    TokenBatch,
+    decode_handoff,
+    decode_tokens,
+    encode_handoff,
+    encode_tokens,
+    hop_payload_size,
+    payload_size,
+    token_payload_size,
+)
+from .cost import HOPS, CostModel, CostModelError
+from .routes import (
+    CONTINUE,
+    HANDOFF_CLOUD,
+    HANDOFF_EDGE,
+    Path,
+    RouteError,
+    Stop,
+    chain_path,
+    check_actions,
+    enumerate_paths,
+    exit_span,
+    final_tier_index,
+    handoff_action,
+    handoff_target,
+    path_label,
+    path_stops,
+    reference_path,
+    run_segment,
+)
 from .model import (
     OFFLINE_ENCODER,
     CheckpointError,
@@ -24,8 +57,38 @@ from .run import (
 )
 from .text import TextInputError, tokenize_for_inference
 from .slicing import TierOutput, TierPart, load_tier_part, run_three_tiers, slice_model
+from .segment import RoutedAnswer, SegmentInput, SegmentResult, run_routed, run_tier_segment
 
 __all__ = [
+    "RoutedAnswer",
+    "SegmentInput",
+    "SegmentResult",
+    "run_routed",
+    "run_tier_segment",
+    "TOKENS_CONTENT_TYPE",
+    "TokenBatch",
+    "decode_tokens",
+    "encode_tokens",
+    "hop_payload_size",
+    "token_payload_size",
+    "HOPS",
+    "CONTINUE",
+    "HANDOFF_CLOUD",
+    "HANDOFF_EDGE",
+    "Path",
+    "RouteError",
+    "Stop",
+    "chain_path",
+    "check_actions",
+    "enumerate_paths",
+    "exit_span",
+    "final_tier_index",
+    "handoff_action",
+    "handoff_target",
+    "path_label",
+    "path_stops",
+    "reference_path",
+    "run_segment",
     "Channel",
     "ChannelError",
     "TransmissionOutcome",

@@ -151,3 +151,98 @@ def decode_handoff(
     padded = torch.zeros((batch, max_len, hidden), dtype=torch.float32)
     padded[mask] = torch.from_numpy(np.ascontiguousarray(tokens))
     return Handoff(padded, mask.long(), int(next_layer), names[code])
+
+
+# ---- token ids: what a tier receives at boundary 0 (before any layer ran) -----------------------------------
+#
+#     offset  size   field
+#     0       4      magic b"DMTK"
+#     4       1      format version (1)
+#     5       3      reserved (0)
+#     8       4      batch size B (uint32)
+#     12      4      vocabulary size V the ids were made for (uint32): the receiver refuses another
+#     16      4*B    token count of each sample (uint32)
+#     ...     4*T    token ids, sample after sample (uint32, each < V)
+#     ...     T      token type ids (uint8; zeros for models without them)
+TOKENS_MAGIC = b"DMTK"
+TOKENS_CONTENT_TYPE = "application/x-dimee-token-ids"
+_TOKENS_HEADER = struct.Struct("<4sB3xII")
+
+
+@dataclass
+class TokenBatch:
+    """Token ids of a batch, one tuple per sample (real tokens only), and their token type ids."""
+
+    input_ids: list[tuple[int, ...]]
+    token_type_ids: list[tuple[int, ...]]
+
+
+def token_payload_size(token_counts: list[int] | np.ndarray) -> int:
+    """Exact byte size of a token-id body (the cost model charges a boundary-0 hop with this)."""
+    counts = np.asarray(token_counts, dtype=np.int64)
+    return _TOKENS_HEADER.size + 4 * len(counts) + 5 * int(counts.sum())
+
+
+def hop_payload_size(token_counts: list[int] | np.ndarray, boundary: int, hidden_size: int, encoding: str) -> int:
+    """Bytes of a hop at `boundary`: token ids at 0, hidden states after layer `boundary` otherwise."""
+    if boundary == 0:
+        return token_payload_size(token_counts)
+    return payload_size(token_counts, hidden_size, encoding)
+
+
+def encode_tokens(
+    input_ids: list[tuple[int, ...]] | list[list[int]],
+    token_type_ids: list | None,
+    vocab_size: int,
+) -> bytes:
+    """Serialise token ids (and type ids, zeros when None) of a batch."""
+    if not input_ids:
+        raise HandoffFormatError("cannot encode an empty batch of token ids")
+    counts = np.array([len(seq) for seq in input_ids], dtype=np.int64)
+    ids = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in input_ids])
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise HandoffFormatError(f"token ids must lie in 0..{vocab_size - 1}")
+    if token_type_ids is None:
+        types = np.zeros(ids.size, dtype=np.uint8)
+    else:
+        types = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in token_type_ids])
+        if types.shape != ids.shape or (types.size and (types.min() < 0 or types.max() > 255)):
+            raise HandoffFormatError("token type ids must match the token ids one for one and lie in 0..255")
+    header = _TOKENS_HEADER.pack(TOKENS_MAGIC, VERSION, len(input_ids), int(vocab_size))
+    return b"".join(
+        [header, counts.astype("<u4").tobytes(), ids.astype("<u4").tobytes(), types.astype(np.uint8).tobytes()]
+    )
+
+
+def decode_tokens(body: bytes, vocab_size: int, max_batch: int = 256, max_seq_len: int = 512) -> TokenBatch:
+    """Parse and validate a token-id body: magic, version, vocabulary, counts, exact length, id range."""
+    if len(body) < _TOKENS_HEADER.size:
+        raise HandoffFormatError(f"body of {len(body)} bytes is shorter than the {_TOKENS_HEADER.size}-byte header")
+    magic, version, batch, vocab = _TOKENS_HEADER.unpack_from(body)
+    if magic != TOKENS_MAGIC:
+        raise HandoffFormatError(f"not a DIMEE token-id body (magic {magic!r}, expected {TOKENS_MAGIC!r})")
+    if version != VERSION:
+        raise HandoffFormatError(f"token-id format version {version} is not supported (this tier reads {VERSION})")
+    if vocab != vocab_size:
+        raise HandoffFormatError(f"token ids were made for a vocabulary of {vocab}; this model has {vocab_size}")
+    if not 1 <= batch <= max_batch:
+        raise HandoffFormatError(f"batch size {batch} is outside 1..{max_batch}")
+    counts_end = _TOKENS_HEADER.size + 4 * batch
+    if len(body) < counts_end:
+        raise HandoffFormatError(f"body truncated: {len(body)} bytes, the token counts need {counts_end}")
+    counts = np.frombuffer(body, dtype="<u4", count=batch, offset=_TOKENS_HEADER.size).astype(np.int64)
+    if counts.min() < 1 or counts.max() > max_seq_len:
+        raise HandoffFormatError(f"token counts must be within 1..{max_seq_len}, got {counts.min()}..{counts.max()}")
+    expected = token_payload_size(counts)
+    if len(body) != expected:
+        raise HandoffFormatError(f"body is {len(body)} bytes but its header declares {expected}")
+    total = int(counts.sum())
+    ids = np.frombuffer(body, dtype="<u4", count=total, offset=counts_end).astype(np.int64)
+    types = np.frombuffer(body, dtype=np.uint8, count=total, offset=counts_end + 4 * total).astype(np.int64)
+    if ids.max() >= vocab_size:
+        raise HandoffFormatError(f"token id {int(ids.max())} is outside this model's vocabulary of {vocab_size}")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return TokenBatch(
+        [tuple(ids[a:b].tolist()) for a, b in zip(bounds[:-1], bounds[1:])],
+        [tuple(types[a:b].tolist()) for a, b in zip(bounds[:-1], bounds[1:])],
+    )

@@ -1,8 +1,10 @@
-"""Cost of answering a sample at a given exit: compute on each tier plus offloading per hop.
+"""Cost of answering a sample: compute on each tier it visited plus offloading per hop it crossed.
 
-Units are arbitrary; what is reported is the cost normalised by the all-cloud reference (send the input to
-the cloud and run every layer there). One object serves the offline evaluation (vectorised over cached
-logits) and the services' per-request accounting.
+Units are arbitrary; what is reported is the cost normalised by the all-cloud reference route (token ids
+straight to the cloud, every layer run there), so that route costs exactly 1.0. One function,
+:meth:`CostModel.route_units`, turns (layers run per tier, bytes per hop) into units; the offline evaluation
+(vectorised over cached logits, :meth:`CostModel.path_costs`) and the services' per-answer accounting
+(:meth:`CostModel.route_breakdown`) both call it, so a served answer costs what the evaluation says.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from .codec import payload_size
+from .codec import hop_payload_size
 from .plan import TIERS, TierPlan
+from .routes import Path, Stop, chain_path, enumerate_paths, exit_span, path_stops, reference_path
+
+HOPS: tuple[str, ...] = ("mobile_edge", "mobile_cloud", "edge_cloud")
+_LEGACY_FIELDS = {"input_to_cloud": "mobile_to_cloud"}  # run.json files written before routes existed
 
 
 class CostModelError(ValueError):
@@ -25,9 +31,10 @@ class CostModel:
     """Per-layer compute cost per tier and per-hop offloading cost.
 
     Defaults (a judgement, documented in the README): a mobile layer costs the most (battery), an edge
-    layer half of that, a cloud layer a fifth; each hop costs more than a couple of mobile layers, and
-    sending the raw input to the cloud (the all-cloud reference) costs a WAN round trip. If a link rate is
-    set, a hop also costs `transmit_cost_per_second` times the time its payload takes on that link.
+    layer half of that, a cloud layer a fifth; each hop costs more than a couple of mobile layers, and the
+    hop from mobile straight to the cloud (a WAN round trip) the most. If a link rate is set, a hop also
+    costs `transmit_cost_per_second` times the time its payload (token ids or hidden states, exact codec
+    bytes) takes on that link.
     """
 
     mobile_layer: float = 0.10
@@ -35,9 +42,10 @@ class CostModel:
     cloud_layer: float = 0.02
     mobile_to_edge: float = 0.20
     edge_to_cloud: float = 0.30
-    input_to_cloud: float = 0.50
+    mobile_to_cloud: float = 0.50
     mobile_edge_rate_bps: float = 0.0  # 0 = payload size ignored on this hop
     edge_cloud_rate_bps: float = 0.0
+    mobile_cloud_rate_bps: float = 0.0
     transmit_cost_per_second: float = 1.0
 
     def __post_init__(self) -> None:
@@ -61,85 +69,141 @@ class CostModel:
     @classmethod
     def splitee(cls, offload: float = 0.3) -> "CostModel":
         """The SplitEE preset (same authors): lambda = 0.1 per layer everywhere, offloading o per hop."""
-        return cls(0.1, 0.1, 0.1, offload, offload, offload, 0.0, 0.0, 1.0)
+        return cls(0.1, 0.1, 0.1, offload, offload, offload)
+
+    @classmethod
+    def offload_dominated(cls) -> "CostModel":
+        """Offloading dominates: edge and cloud compute nearly free, every hop dear (that line of work's
+        assumption when the servers are plentiful and the radio is what the phone pays for)."""
+        return cls(0.10, 0.001, 0.001, 0.5, 0.2, 0.8)
+
+    @classmethod
+    def preset(cls, name: str) -> "CostModel":
+        """'default', 'splitee' (o = 0.3) or 'offload-dominated'."""
+        presets = {"default": cls, "splitee": cls.splitee, "offload-dominated": cls.offload_dominated}
+        if name not in presets:
+            raise CostModelError(f"unknown cost preset {name!r}; known: {', '.join(presets)}")
+        return presets[name]()
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "CostModel":
+        data = {_LEGACY_FIELDS.get(k, k): v for k, v in data.items()}
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
             raise CostModelError(f"unknown cost model field(s) {unknown}; known: {', '.join(cls.field_names())}")
         return cls(**{k: float(v) for k, v in data.items()})
 
-    # ---- per-exit costs ------------------------------------------------------------------------------
-    def layer_costs(self, plan: TierPlan) -> np.ndarray:
-        """Compute cost of each layer 1..L under the plan, shape [L]."""
-        per_tier = np.array([self.mobile_layer, self.edge_layer, self.cloud_layer])
-        return per_tier[plan.exit_tiers()]
+    # ---- the one accounting ----------------------------------------------------------------------------
+    def layer_cost(self, tier: str) -> float:
+        return {"mobile": self.mobile_layer, "edge": self.edge_layer, "cloud": self.cloud_layer}[tier]
 
     def hop_cost(self, hop: str, payload_bytes: float | np.ndarray = 0.0) -> float | np.ndarray:
-        """Offloading cost of one hop ('mobile_edge' or 'edge_cloud') carrying `payload_bytes`."""
+        """Offloading cost of one hop ('mobile_edge', 'mobile_cloud', 'edge_cloud') carrying `payload_bytes`."""
+        if hop not in HOPS:
+            raise CostModelError(f"unknown hop {hop!r}; known: {', '.join(HOPS)}")
         fixed, rate = {
             "mobile_edge": (self.mobile_to_edge, self.mobile_edge_rate_bps),
             "edge_cloud": (self.edge_to_cloud, self.edge_cloud_rate_bps),
+            "mobile_cloud": (self.mobile_to_cloud, self.mobile_cloud_rate_bps),
         }[hop]
         payload = np.asarray(payload_bytes, dtype=float)
         variable = payload * 8.0 / rate * self.transmit_cost_per_second if rate > 0 else np.zeros_like(payload)
         cost = fixed + variable
         return float(cost) if cost.ndim == 0 else cost
 
-    def exit_costs(
+    def route_units(self, stops: list[Stop], bytes_per_hop: dict[str, float | np.ndarray]) -> dict:
+        """Compute units per tier, offload units per hop and their total for a route (scalars, or arrays
+        over samples when the bytes are arrays). The single place where cost is added up."""
+        compute: dict = {tier: 0.0 for tier in TIERS}
+        for stop in stops:
+            compute[stop.tier] = compute[stop.tier] + stop.layers * self.layer_cost(stop.tier)
+        offload: dict = {}
+        for before, after in zip(stops[:-1], stops[1:]):
+            hop = f"{before.tier}_{after.tier}"
+            offload[hop] = self.hop_cost(hop, bytes_per_hop.get(hop, 0.0))
+        total = compute["mobile"] + compute["edge"] + compute["cloud"]
+        for hop in offload:
+            total = total + offload[hop]
+        return {"compute_units": compute, "offload_units": offload, "total_units": total}
+
+    def reference_units(self, plan: TierPlan, reference_bytes: float | np.ndarray = 0.0) -> float | np.ndarray:
+        """All-cloud reference: token ids straight to the cloud (`reference_bytes` of them), L layers there."""
+        path = reference_path(plan)
+        stops = path_stops(plan, path, plan.num_layers)
+        hop = f"{stops[0].tier}_{stops[1].tier}"
+        return self.route_units(stops, {hop: reference_bytes})["total_units"]
+
+    def reference_cost(self, plan: TierPlan) -> float:
+        """The reference route's cost without payload-size charges (exact when no link rate is set)."""
+        return float(self.reference_units(plan))
+
+    def route_breakdown(
+        self, plan: TierPlan, stops: list[Stop], bytes_per_hop: dict[str, int], reference_bytes: int = 0
+    ) -> dict:
+        """One answered request: layers per tier, compute and offload units, total and normalised cost
+        (normalised by the reference route carrying `reference_bytes` of token ids)."""
+        units = self.route_units(stops, bytes_per_hop)
+        layers = {tier: 0 for tier in TIERS}
+        for stop in stops:
+            layers[stop.tier] += stop.layers
+        return {
+            "layers": layers,
+            **units,
+            "normalised": units["total_units"] / self.reference_units(plan, reference_bytes),
+        }
+
+    # ---- vectorised over samples: the offline evaluation ----------------------------------------------
+    def path_costs(
         self,
         plan: TierPlan,
+        paths: list[Path] | None = None,
         token_counts: np.ndarray | None = None,
         hidden_size: int = 0,
         encoding: str = "fp32",
     ) -> np.ndarray:
-        """Cost of answering at each exit. Shape [L] without token counts; [n, L] with them (then the
-        hops' payload sizes, and so their cost on a rate-limited link, depend on each sample's length)."""
-        compute = np.cumsum(self.layer_costs(plan))
-        exits = np.arange(1, plan.num_layers + 1)
-        past_mobile = exits > plan.mobile_end
-        past_edge = exits > plan.edge_end
-        if token_counts is None:
-            return compute + past_mobile * self.hop_cost("mobile_edge") + past_edge * self.hop_cost("edge_cloud")
-        counts = np.asarray(token_counts, dtype=np.int64)
-        sizes = np.array([payload_size([c], hidden_size, encoding) for c in counts], dtype=float)
-        to_edge = self.hop_cost("mobile_edge", sizes)[:, None]
-        to_cloud = self.hop_cost("edge_cloud", sizes)[:, None]
-        return compute[None, :] + past_mobile[None, :] * to_edge + past_edge[None, :] * to_cloud
+        """Normalised cost of answering at exit j by route p: [P, L] without token counts, [n, P, L] with
+        them (payload sizes then follow each sample's length). NaN where route p cannot answer at exit j."""
+        paths = enumerate_paths(plan) if paths is None else paths
+        L = plan.num_layers
+        counts = None if token_counts is None else np.asarray(token_counts, dtype=np.int64)
+        shape = (len(paths), L) if counts is None else (counts.shape[0], len(paths), L)
+        table = np.full(shape, np.nan)
+        sizes: dict[int, np.ndarray | float] = {}
 
-    def reference_cost(self, plan: TierPlan) -> float:
-        """All-cloud: ship the input to the cloud and run all L layers there."""
-        return self.input_to_cloud + plan.num_layers * self.cloud_layer
+        def size(boundary: int) -> np.ndarray | float:
+            if counts is None:
+                return 0.0
+            if boundary not in sizes:
+                sizes[boundary] = np.array(
+                    [hop_payload_size([c], boundary, hidden_size, encoding) for c in counts], dtype=float
+                )
+            return sizes[boundary]
 
-    def normalised_exit_costs(self, plan: TierPlan, **kwargs) -> np.ndarray:
-        return self.exit_costs(plan, **kwargs) / self.reference_cost(plan)
+        reference = self.reference_units(plan, size(0))
+        for p, path in enumerate(paths):
+            first, last = exit_span(plan, path)
+            for j in range(max(1, first), last + 1):
+                stops = path_stops(plan, path, j)
+                payload = {f"{a.tier}_{b.tier}": size(b.entry) for a, b in zip(stops[:-1], stops[1:])}
+                cost = self.route_units(stops, payload)["total_units"] / reference
+                if counts is None:
+                    table[p, j - 1] = cost
+                else:
+                    table[:, p, j - 1] = cost
+        return table
 
-    # ---- accounting for one answered request (the services use this) ---------------------------------
-    def breakdown(self, plan: TierPlan, exit_index: int, bytes_per_hop: dict[str, int] | None = None) -> dict:
-        """Layers per tier, compute and offload units, total and normalised cost of one answer."""
-        bytes_per_hop = bytes_per_hop or {}
-        layers = {}
-        compute = {}
-        per_layer = dict(zip(TIERS, (self.mobile_layer, self.edge_layer, self.cloud_layer)))
-        for tier in TIERS:
-            first, last = plan.layer_range(tier)
-            ran = max(0, min(last, exit_index) - first + 1)
-            layers[tier] = ran
-            compute[tier] = ran * per_layer[tier]
-        offload = {}
-        if exit_index > plan.mobile_end:
-            offload["mobile_edge"] = self.hop_cost("mobile_edge", bytes_per_hop.get("mobile_edge", 0))
-        if exit_index > plan.edge_end:
-            offload["edge_cloud"] = self.hop_cost("edge_cloud", bytes_per_hop.get("edge_cloud", 0))
-        total = sum(compute.values()) + sum(offload.values())
-        return {
-            "layers": layers,
-            "compute_units": compute,
-            "offload_units": offload,
-            "total_units": total,
-            "normalised": total / self.reference_cost(plan),
-        }
+    def exit_costs(self, plan: TierPlan) -> np.ndarray:
+        """Cost units of answering at each exit on the linear route mobile -> edge -> cloud, [L]."""
+        return np.array(
+            [
+                self.route_units(path_stops(plan, chain_path(plan, j), j), {})["total_units"]
+                for j in range(1, plan.num_layers + 1)
+            ]
+        )
+
+    def normalised_exit_costs(self, plan: TierPlan) -> np.ndarray:
+        """`exit_costs` / the reference route's cost, [L]."""
+        return self.exit_costs(plan) / self.reference_cost(plan)

@@ -234,6 +234,7 @@ def run_part(
     attention_mask: torch.Tensor,
     experts: ExpertExits | None = None,
     distortions: str | Sequence[str | None] | None = None,
+    start: int | None = None,
 ) -> TierOutput:
     """Run a tier on a batch where sample b uses the exits of `distortions[b]` (None / "clean": standard).
 
@@ -248,16 +249,17 @@ def run_part(
         raise ExpertError(f"expert exits for {kinds} were requested but no experts are loaded")
     for t in kinds:
         experts.check_type(t)
-    if len(part.layers) == 0:
-        return part.run_hidden(hidden, attention_mask)
+    start = part.chain_first_layer if start is None else int(start)
+    if len(part.layers) == 0 or start > part.last_layer:
+        return part.run_hidden(hidden, attention_mask, start)
     bias = attention_bias(part.config, hidden, attention_mask)
     logits = []
-    for k, layer in enumerate(part.layers):
+    for exit_index in range(start, part.last_layer + 1):
+        layer, head_std = part.layer(exit_index)
         hidden = layer(hidden, bias)
         if isinstance(hidden, tuple):
             hidden = hidden[0]
-        exit_index = part.first_layer + k
-        out = part.exits[k](hidden, attention_mask)
+        out = head_std(hidden, attention_mask)
         for t in kinds:
             head = experts.head(t, exit_index)
             if head is None:
@@ -265,7 +267,7 @@ def run_part(
             rows = torch.tensor([b for b, s in enumerate(per_sample) if s == t], device=hidden.device)
             out = out.index_copy(0, rows, head(hidden[rows], attention_mask[rows]))
         logits.append(out)
-    return TierOutput(hidden, attention_mask, torch.stack(logits, dim=1), part.first_layer)
+    return TierOutput(hidden, attention_mask, torch.stack(logits, dim=1), start)
 
 
 def run_mobile(
@@ -279,6 +281,6 @@ def run_mobile(
     """Mobile's entry point with per-sample expert exits (see `run_part`)."""
     hidden = part.embed(input_ids, token_type_ids)
     feature = pool_hidden(hidden, attention_mask, "mean")
-    out = run_part(part, hidden, attention_mask, experts, distortions)
+    out = run_part(part, hidden, attention_mask, experts, distortions, start=1)
     out.embedding_feature = feature
     return out

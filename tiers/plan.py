@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,11 @@ class TierPlan:
     mobile_end: int
     edge_end: int
     num_layers: int
+    #: Layer boundaries at which edge / cloud accept a sample (0 = token ids, j > 0 = hidden states after
+    #: layer j). None = the default deployment: edge {0, m}, cloud {0, m, e}. A tier holds the layers from
+    #: its smallest accepted boundary + 1 to its end (and the embeddings when it accepts 0).
+    edge_accepts: tuple[int, ...] | None = field(default=None)
+    cloud_accepts: tuple[int, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
         m, e, n = self.mobile_end, self.edge_end, self.num_layers
@@ -35,6 +40,60 @@ class TierPlan:
                 f"tier plan m={m}, e={e} does not fit a {n}-layer model: need 1 <= m < e <= {n} "
                 f"(mobile runs 1..m, edge m+1..e, cloud e+1..{n}); for example --plan {default_plan(n).spec}"
             )
+        edge = self._check_accepts("edge", self.edge_accepts, (0, m), m)
+        cloud_default = (0, m, e) if e < n else ()
+        cloud = self._check_accepts("cloud", self.cloud_accepts, cloud_default, e if e < n else -1)
+        object.__setattr__(self, "edge_accepts", edge)
+        object.__setattr__(self, "cloud_accepts", cloud)
+
+    def _check_accepts(
+        self, tier: str, given: tuple[int, ...] | None, default: tuple[int, ...], highest: int
+    ) -> tuple[int, ...]:
+        if given is None:
+            return tuple(default)
+        try:
+            values = tuple(sorted({int(v) for v in given}))
+        except (TypeError, ValueError):
+            raise TierPlanError(f"{tier}_accepts must be a list of layer boundaries, got {given!r}") from None
+        if any(isinstance(v, bool) for v in given) or any(int(v) != v for v in given):
+            raise TierPlanError(f"{tier}_accepts must hold integer layer boundaries, got {given!r}")
+        if highest < 0 and values:
+            raise TierPlanError(f"cloud holds no layers in plan {self.spec} of {self.num_layers} layers; it accepts nothing")
+        if highest >= 0 and not values:
+            raise TierPlanError(f"{tier} must accept at least one layer boundary (0 = token ids, m = {self.mobile_end})")
+        bad = [v for v in values if not 0 <= v <= highest]
+        if bad:
+            raise TierPlanError(
+                f"{tier} cannot accept samples at boundaries {bad}: allowed 0..{highest} (0 = token ids, j = hidden "
+                f"states after layer j, which the tier before it can produce)"
+            )
+        return values
+
+    def accepts(self, tier: str) -> tuple[int, ...]:
+        """Layer boundaries at which `tier` accepts a sample (mobile takes only texts: none)."""
+        if tier == "mobile":
+            return ()
+        if tier == "edge":
+            return tuple(self.edge_accepts)
+        if tier == "cloud":
+            return tuple(self.cloud_accepts)
+        raise TierPlanError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
+
+    def held_range(self, tier: str) -> tuple[int, int]:
+        """First and last layer whose weights `tier` holds: mobile 1..m; edge and cloud from their smallest
+        accepted boundary + 1 to their end (1..e and 1..L in the default deployment)."""
+        first, last = self.layer_range(tier)
+        if tier == "mobile" or first > last:
+            return first, last
+        return min(self.accepts(tier)) + 1, last
+
+    def holds_embeddings(self, tier: str) -> bool:
+        """Whether `tier` embeds token ids: mobile always, edge and cloud when they accept boundary 0."""
+        return tier == "mobile" or 0 in self.accepts(tier)
+
+    @property
+    def is_default_deployment(self) -> bool:
+        return self == TierPlan(self.mobile_end, self.edge_end, self.num_layers)
 
     @property
     def spec(self) -> str:
@@ -70,12 +129,29 @@ class TierPlan:
             raise TierPlanError(f"tier {tier} holds no layers in plan {self.spec} of a {self.num_layers}-layer model")
         return last
 
-    def to_dict(self) -> dict[str, int]:
-        return {"mobile_end": self.mobile_end, "edge_end": self.edge_end, "num_layers": self.num_layers}
+    def to_dict(self) -> dict:
+        return {
+            "mobile_end": self.mobile_end,
+            "edge_end": self.edge_end,
+            "num_layers": self.num_layers,
+            "edge_accepts": list(self.edge_accepts),
+            "cloud_accepts": list(self.cloud_accepts),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "TierPlan":
-        return cls(int(data["mobile_end"]), int(data["edge_end"]), int(data["num_layers"]))
+        """Read `to_dict` output; a plan written before routes existed gets the default deployment."""
+        edge, cloud = data.get("edge_accepts"), data.get("cloud_accepts")
+        return cls(
+            int(data["mobile_end"]),
+            int(data["edge_end"]),
+            int(data["num_layers"]),
+            None if edge is None else tuple(edge),
+            None if cloud is None else tuple(cloud),
+        )
+
+    def with_accepts(self, edge: tuple[int, ...] | None = None, cloud: tuple[int, ...] | None = None) -> "TierPlan":
+        return TierPlan(self.mobile_end, self.edge_end, self.num_layers, edge, cloud)
 
     @classmethod
     def parse(cls, spec: str, num_layers: int) -> "TierPlan":

@@ -1,6 +1,8 @@
 """Cut an early-exit model into mobile, edge and cloud parts that chain to the one-pass result.
 
-A part holds only its own layers and exits (mobile also the embeddings). Parts built from an in-memory
+A part holds the layers and exits its tier may run (:meth:`TierPlan.held_range`: mobile 1..m; edge and cloud
+from their smallest accepted boundary + 1, so 1..e and 1..L in the default deployment) and the embeddings
+when it accepts token ids. Parts built from an in-memory
 model share its modules; `load_tier_part` builds one part from a checkpoint and reads only that part's
 weights from disk, which is what a tier service does.
 """
@@ -61,7 +63,8 @@ class TierPart(nn.Module):
         self.num_labels = num_labels
         self.plan = plan
         self.config = config
-        self.first_layer, self.last_layer = plan.layer_range(tier)
+        self.first_layer, self.last_layer = plan.held_range(tier)
+        self.chain_first_layer = plan.layer_range(tier)[0]
         self.layers = layers
         self.exits = exits
         self.embeddings = embeddings
@@ -72,8 +75,14 @@ class TierPart(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.embeddings is None:
-            raise RuntimeError(f"the {self.tier} part holds no embeddings; only mobile takes token ids")
+            raise RuntimeError(f"the {self.tier} part holds no embeddings; it does not accept token ids")
         return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    def layer(self, index: int) -> tuple[nn.Module, nn.Module]:
+        """The transformer layer and exit head of 1-based layer `index` (one this part holds)."""
+        if not self.first_layer <= index <= self.last_layer:
+            raise RuntimeError(f"the {self.tier} part holds layers {self.first_layer}..{self.last_layer}, not {index}")
+        return self.layers[index - self.first_layer], self.exits[index - self.first_layer]
 
     def run_from_ids(
         self,
@@ -84,17 +93,24 @@ class TierPart(nn.Module):
         """Mobile's entry point: token ids in, hidden state after layer m and exits 1..m out."""
         hidden = self.embed(input_ids, token_type_ids)
         feature = pool_hidden(hidden, attention_mask, "mean")
-        out = self.run_hidden(hidden, attention_mask)
+        out = self.run_hidden(hidden, attention_mask, start=1)
         out.embedding_feature = feature
         return out
 
-    def run_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> TierOutput:
-        """Continue from the hidden state that the previous tier handed over."""
-        if len(self.layers) == 0:
+    def run_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int | None = None) -> TierOutput:
+        """Continue from a hidden state at layer start - 1 (default: the tier's place on the linear route,
+        m + 1 on edge, e + 1 on cloud) to the last layer held; exits start..last."""
+        start = self.chain_first_layer if start is None else int(start)
+        if len(self.layers) == 0 or start > self.last_layer:
             empty = hidden.new_zeros((hidden.shape[0], 0, self.num_labels))
-            return TierOutput(hidden, attention_mask, empty, self.first_layer)
-        hidden, logits = run_layer_range(self.layers, self.exits, self.config, hidden, attention_mask)
-        return TierOutput(hidden, attention_mask, logits, self.first_layer)
+            return TierOutput(hidden, attention_mask, empty, start)
+        offset = start - self.first_layer
+        if offset < 0:
+            raise RuntimeError(f"the {self.tier} part starts at layer {self.first_layer}, not {start}")
+        hidden, logits = run_layer_range(
+            self.layers[offset:], self.exits[offset:], self.config, hidden, attention_mask
+        )
+        return TierOutput(hidden, attention_mask, logits, start)
 
 
 def slice_model(model: EarlyExitModel, plan: TierPlan) -> dict[str, TierPart]:
@@ -106,14 +122,14 @@ def slice_model(model: EarlyExitModel, plan: TierPlan) -> dict[str, TierPart]:
     layers = encoder_layers(model.encoder)
     parts = {}
     for tier in TIERS:
-        first, last = plan.layer_range(tier)
+        first, last = plan.held_range(tier)
         parts[tier] = TierPart(
             tier,
             plan,
             model.config,
             nn.ModuleList(list(layers)[first - 1 : last]),
             nn.ModuleList(list(model.exits)[first - 1 : last]),
-            model.encoder.embeddings if tier == "mobile" else None,
+            model.encoder.embeddings if plan.holds_embeddings(tier) else None,
             model.num_labels,
         )
     return parts
@@ -125,7 +141,8 @@ def run_three_tiers(
     attention_mask: torch.Tensor,
     token_type_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Chain mobile -> edge -> cloud in one process; [batch, L, num_labels], as the one-pass model."""
+    """Every exit on the linear route mobile -> edge -> cloud in one process (no early exit); [batch, L,
+    num_labels], as the one-pass model. `tiers.segment.run_routed` is the early-exit runner."""
     mobile = parts["mobile"].run_from_ids(input_ids, attention_mask, token_type_ids)
     edge = parts["edge"].run_hidden(mobile.hidden, mobile.attention_mask)
     cloud = parts["cloud"].run_hidden(edge.hidden, edge.attention_mask)
@@ -181,7 +198,7 @@ def load_tier_part(folder: str | Path, plan: TierPlan, tier: str) -> TierPart:
     skeleton_layers = int(config.num_hidden_layers)
     if plan.num_layers != skeleton_layers:
         raise TierPlanError(f"plan {plan.spec} was made for {plan.num_layers} layers but {folder} has {skeleton_layers}")
-    first, last = plan.layer_range(tier)
+    first, last = plan.held_range(tier)
     with torch.device("meta"):
         skeleton = AutoModel.from_config(config, add_pooling_layer=False)
     files = _encoder_weight_files(folder / ENCODER_DIR)
@@ -190,7 +207,7 @@ def load_tier_part(folder: str | Path, plan: TierPlan, tier: str) -> TierPart:
         _materialise(meta_layers[i - 1], f"encoder.layer.{i - 1}.", files) for i in range(first, last + 1)
     )
     embeddings = None
-    if tier == "mobile":
+    if plan.holds_embeddings(tier):
         # Built for real (not on meta) so that its non-persistent buffers (position ids) are set.
         embeddings = type(skeleton.embeddings)(config)
         wanted = [f"embeddings.{name}" for name in embeddings.state_dict()]
