@@ -65,7 +65,7 @@ from threadpoolctl import threadpool_limits
 
 from tiers import TIERS, CostModel, TierPlan
 
-from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, chain_path, exit_span
+from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, exit_span
 
 from .base import ExitPolicy, register_policy
 from .baselines import ThresholdPolicy

@@ -9,7 +9,7 @@ outcome (route, exit, depth per sample) is what the served system does with the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -28,9 +28,6 @@ from tiers import (
 )
 
 from .errors import PolicyError
-
-if TYPE_CHECKING:
-    from .base import ExitPolicy
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,12 @@ What is recomputed per setting, and why (this is what makes 10,000 settings chea
   depend on costs; only the choice among them does. That choice (``select_setting``'s rule) is made for many
   cost vectors at once with one matrix product; a setting whose cheapest candidates tie to within rounding
   is settled by ``select_setting`` itself, so the result is the refit's, not an approximation of it.
-* DIMEE (k-means clusters): the clustering depends on the features, k and the folds only, never on costs or
-  mu; costs and mu change only which exit each cluster answers at and which k wins the cross-validation. So
-  k-means runs once per (features, fold, k) and is cached; per setting only small [clusters x candidates]
-  tables are compared, for all settings of a batch at once. Near-ties (where floating-point summation order
-  could flip a choice) are recomputed with the policy's own fitting helpers on the cached clusters. The edge
-  stage is fitted on the samples stage 1 sends onward, so its clustering is cached per such sample set.
-* Scoring: the task metric, accuracy, tier shares, offloads and bytes depend on the exits only, so they are
-  computed once per distinct exit vector; a setting's cost is a dot product of the exit histogram (or, with a
-  link rate, the joint histogram of exit and payload size) with that setting's exit costs.
+* DIMEE: refitted through its own ``fit`` once per distinct fit input (plan, the normalised cost of every
+  (route, exit) and its parameters); there is no second copy of its fitting here.
+* Scoring: the task metric, accuracy, tier shares, offloads and bytes depend on the routed answers only
+  (route, exit, depth per sample), so they are computed once per distinct outcome; a setting's cost is a dot
+  product of the (route, depth) histogram (or, with a link rate, its joint histogram with the token count)
+  with that setting's normalised route costs (`CostModel.path_costs`, the services' accounting).
 
 ``exact=True`` switches the fast paths off (every policy is refitted through its own ``fit`` once per distinct
 fit input); the tests check that both give the same table.
@@ -45,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -56,24 +52,24 @@ from clustering import (
     DimeePolicy,
     ExitPolicy,
     OraclePolicy,
+    Outcome,
     PatiencePolicy,
     RandomTierPolicy,
     ThresholdPolicy,
     evaluate_exits,
-    exit_profile,
     exit_scores,
     patience_counters,
+    path_table,
     per_exit_correct,
     select_setting,
 )
-from clustering.dimee import RoutingStage, _best_candidate_per_group, _kmeans, _standardise
 from tiers import (
     CachedSplit,
     CostModel,
     RunInfo,
     TierPlan,
     TierPlanError,
-    payload_size,
+    hop_payload_size,
     read_cached_split,
     read_run_info,
 )
@@ -118,6 +114,13 @@ def _registry() -> dict[str, PolicySpec]:
         PolicySpec("dimee", DimeePolicy, dimee, "dimee"),
         PolicySpec("dimee-edge", partial(DimeePolicy, edge_stage=True), dimee, "dimee"),
         PolicySpec("dimee-embedding", partial(DimeePolicy, feature="embedding"), dimee, "dimee", True),
+        PolicySpec(
+            "dimee-pools", partial(DimeePolicy, feature="embedding", assignment="pools"), {"mu": "mu"}, "dimee", True
+        ),
+        PolicySpec("dimee-cascade", partial(DimeePolicy, decision_exits="all"), dimee, "dimee"),
+        PolicySpec(
+            "dimee-entry", partial(DimeePolicy, decision_exits="all", entry="embedding"), dimee, "dimee", True
+        ),
         PolicySpec("threshold", partial(ThresholdPolicy, score="confidence"), threshold, "select"),
         PolicySpec("entropy", partial(ThresholdPolicy, score="entropy"), threshold, "select"),
         PolicySpec("patience", PatiencePolicy, {**select, "patience": "patience"}, "select"),
@@ -324,7 +327,7 @@ def _prepare_run(
         if split not in have:
             raise ValueError(f"{folder} has no cached logits for split {split!r} (has: {', '.join(have) or 'none'})")
         if needs_embedding and not (folder / LOGITS_DIR / f"{split}.embedding.npy").exists():
-            raise ValueError(f"{folder}: dimee-embedding needs {split}.embedding.npy, which the run does not have")
+            raise ValueError(f"{folder}: the embedding-feature DIMEE variants need {split}.embedding.npy, which the run does not have")
     base = base_cost or info.cost_model
     plan_cache: dict[str, TierPlan] = {}
     cost_cache: dict[tuple, CostModel] = {}
@@ -340,7 +343,7 @@ def _prepare_run(
         plans.append(plan_cache[plan_key])
         costs.append(cost_cache[cost_key])
     hidden = _hidden_size(folder, splits[1])
-    if hidden is None and any(c.mobile_edge_rate_bps > 0 or c.edge_cloud_rate_bps > 0 for c in cost_cache.values()):
+    if hidden is None and any(_has_rate(c) for c in cost_cache.values()):
         raise ValueError(
             f"{folder}: a link rate is set but the hidden size (for the payload bytes) is unknown: "
             "the run has neither encoder/config.json nor cached embeddings"
@@ -360,7 +363,6 @@ class _Data:
     final_metric: float
     unique_counts: np.ndarray  # [U] distinct token counts of the eval split
     count_index: np.ndarray  # [n] index into unique_counts
-    payload: np.ndarray | None  # [n] fp32 handoff bytes per eval sample (None: hidden size unknown)
     correct_fit: np.ndarray  # [n_fit, L] bool
 
 
@@ -379,10 +381,6 @@ def _load(run: _Run, fit_split: str, eval_split: str) -> _Data:
     metric = primary_metric(task)
     final = predictions_from_logits(task, evaluation.logits[:, -1])
     unique, index = np.unique(np.asarray(evaluation.token_counts, dtype=np.int64), return_inverse=True)
-    payload = None
-    if run.hidden_size is not None:
-        sizes = np.array([payload_size([c], run.hidden_size, "fp32") for c in unique], dtype=np.float64)
-        payload = sizes[index]
     return _Data(
         run=run,
         task=task,
@@ -392,32 +390,52 @@ def _load(run: _Run, fit_split: str, eval_split: str) -> _Data:
         final_metric=compute_glue_metrics(task, final, evaluation.labels)[metric],
         unique_counts=unique,
         count_index=index.reshape(-1),
-        payload=payload,
         correct_fit=per_exit_correct(fit.logits, fit.labels),
     )
 
 
-# ---- exit statistics (cost-independent) -------------------------------------------------------------------
+# ---- outcome statistics (cost-independent) ----------------------------------------------------------------
 @dataclass(frozen=True)
 class _Stats:
-    hist: np.ndarray  # [L] samples per exit
-    joint: np.ndarray  # [U, L] samples per (token count, exit)
+    hist: np.ndarray  # [P * L] samples per (route, depth of the answering stop)
+    joint: np.ndarray  # [U, P * L] samples per (token count, route, depth)
     values: dict[str, float]
 
 
-def _digest(exits: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(exits, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for arr in arrays:
+        h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
-def _exit_stats(data: _Data, plan: TierPlan, exits: np.ndarray) -> _Stats:
+def _hop_bytes(data: _Data, plan: TierPlan, routes: np.ndarray) -> dict[str, float]:
+    """fp32 bytes sent over each hop by the samples' routes (token ids at boundary 0, hidden states after)."""
+    table = path_table(plan)
+    counts = np.asarray(data.eval.token_counts, dtype=np.int64)
+    sent = {"mobile_edge": 0.0, "mobile_cloud": 0.0, "edge_cloud": 0.0}
+    if data.run.hidden_size is None:
+        return {hop: float("nan") for hop in sent}
+    for r in np.unique(routes):
+        rows = counts[routes == r]
+        for (a, _), (b, boundary) in zip(table.paths[r][:-1], table.paths[r][1:]):
+            sent[f"{a}_{b}"] += float(sum(hop_payload_size([c], boundary, data.run.hidden_size, "fp32") for c in rows))
+    return sent
+
+
+def _exit_stats(data: _Data, plan: TierPlan, solution: "_Solution") -> _Stats:
     ev = data.eval
-    scored = evaluate_exits(exits, ev.logits, ev.labels, plan, CostModel())
+    table = path_table(plan)
+    outcome = Outcome(table, solution.routes, solution.exits, solution.depths)
+    scored = evaluate_exits(solution.exits, ev.logits, ev.labels, plan, CostModel(), outcome=outcome)
+    exits = solution.exits
     chosen = ev.logits[np.arange(exits.size), exits - 1]
     metric = compute_glue_metrics(data.task, predictions_from_logits(data.task, chosen), ev.labels)[data.metric_name]
     L = plan.num_layers
-    joint = np.bincount(data.count_index * L + (exits - 1), minlength=data.unique_counts.size * L)
-    crossed_me, crossed_ec = exits > plan.mobile_end, exits > plan.edge_end
-    nan = float("nan")
+    cells = len(table.paths) * L
+    flat = solution.routes * L + (solution.depths - 1)
+    joint = np.bincount(data.count_index * cells + flat, minlength=data.unique_counts.size * cells)
+    sent = _hop_bytes(data, plan, solution.routes)
     values = {
         "metric": float(metric),
         "final_metric": float(data.final_metric),
@@ -428,14 +446,12 @@ def _exit_stats(data: _Data, plan: TierPlan, exits: np.ndarray) -> _Stats:
         "share_mobile": scored["tier_shares"]["mobile"],
         "share_edge": scored["tier_shares"]["edge"],
         "share_cloud": scored["tier_shares"]["cloud"],
-        "offloads_mobile_edge": scored["offloads"]["mobile_edge"],
-        "offloads_edge_cloud": scored["offloads"]["edge_cloud"],
-        "bytes_mobile_edge": nan if data.payload is None else float(data.payload[crossed_me].sum()),
-        "bytes_edge_cloud": nan if data.payload is None else float(data.payload[crossed_ec].sum()),
+        **{f"offloads_{hop}": scored["offloads"][hop] for hop in ("mobile_edge", "mobile_cloud", "edge_cloud")},
+        **{f"bytes_{hop}": sent[hop] for hop in ("mobile_edge", "mobile_cloud", "edge_cloud")},
         "n_samples": scored["n_samples"],
     }
-    hist = np.bincount(exits - 1, minlength=L).astype(np.float64)
-    return _Stats(hist, joint.reshape(-1, L).astype(np.float64), values)
+    hist = np.bincount(flat, minlength=cells).astype(np.float64)
+    return _Stats(hist, joint.reshape(-1, cells).astype(np.float64), values)
 
 
 # ---- per-setting context ----------------------------------------------------------------------------------
@@ -452,11 +468,17 @@ class _Context:
 @dataclass(frozen=True)
 class _Solution:
     exits: np.ndarray  # [n_eval] 1-based exits on the eval split
+    routes: np.ndarray  # [n_eval] route index (the plan's path table)
+    depths: np.ndarray  # [n_eval] layer the answering stop ran to
     knob: float  # the fitted knob (threshold, patience, DIMEE's k), NaN if none
-    digest: str = ""  # of `exits`, filled in by __post_init__ (solutions are cached and reused)
+    digest: str = ""  # of the outcome, filled in by __post_init__ (solutions are cached and reused)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "digest", _digest(self.exits))
+        object.__setattr__(self, "digest", _digest(self.exits, self.routes, self.depths))
+
+    @classmethod
+    def of(cls, outcome: Outcome, knob: float) -> "_Solution":
+        return cls(outcome.exits.astype(np.int64), outcome.routes.astype(np.int64), outcome.depths.astype(np.int64), knob)
 
 
 def _knob(policy: ExitPolicy) -> float:
@@ -494,8 +516,7 @@ class _GenericSolver:
         features = (fit.embedding, ev.embedding) if both else (None, None)
         policy.fit(fit.logits, fit.labels, features=features[0], **fit_kwargs)
         labels = ev.labels if policy.requires_labels else None
-        exits = policy.predict(ev.logits, features[1], labels=labels)
-        return _Solution(np.asarray(exits, dtype=np.int64), _knob(policy))
+        return _Solution.of(policy.predict_outcome(ev.logits, features[1], labels=labels), _knob(policy))
 
     def solve_one(self, ctx: _Context) -> _Solution:
         key = self.key(ctx)
@@ -514,26 +535,24 @@ def _plan_only(ctx: _Context) -> tuple:
 class _RandomSolver(_GenericSolver):
     """Random tiers with the reference policy's tier shares (DIMEE's) on the eval split, as in the report."""
 
-    def solve(self, contexts: Sequence[_Context], reference: Sequence[np.ndarray] | None = None) -> list[_Solution]:
+    def solve(self, contexts: Sequence[_Context], reference: Sequence["_Solution"] | None = None) -> list[_Solution]:
         out = []
         for index, ctx in enumerate(contexts):
             ref = None if reference is None else reference[index]
-            shares = None
-            if ref is not None:
-                tiers = ctx.plan.exit_tiers()[ref - 1]
-                shares = tuple(np.bincount(tiers, minlength=3).tolist())
+            tiers = None if ref is None else path_table(ctx.plan).final[ref.routes]
+            shares = None if tiers is None else tuple(np.bincount(tiers, minlength=3).tolist())
             key = (ctx.plan.spec, shares)
             if key not in self.cache:
                 policy = self.build(ctx)
-                self.cache[key] = self.fitted(policy, **({} if ref is None else {"reference_exits": ref}))
+                self.cache[key] = self.fitted(policy, **({} if tiers is None else {"reference_tiers": tiers}))
             out.append(self.cache[key])
         return out
 
     def fitted(self, policy: ExitPolicy, **fit_kwargs: Any) -> _Solution:
         ev = self.data.eval
-        ref = fit_kwargs.get("reference_exits")
-        policy.fit(ev.logits if ref is not None else self.data.fit.logits, reference_exits=ref)
-        return _Solution(np.asarray(policy.predict(ev.logits), dtype=np.int64), float("nan"))
+        ref = fit_kwargs.get("reference_tiers")
+        policy.fit(ev.logits if ref is not None else self.data.fit.logits, reference_tiers=ref)
+        return _Solution.of(policy.predict_outcome(ev.logits), float("nan"))
 
 
 @dataclass(frozen=True)
@@ -655,383 +674,58 @@ class _SelectSolver(_GenericSolver):
         return out  # type: ignore[return-value]
 
 
-# ---- DIMEE: clustering cached, per-setting choices vectorised ---------------------------------------------
-@dataclass(frozen=True)
-class _Table:
-    """One clustering's sufficient statistics for choosing exits: per cluster, the mean correctness at each
-    candidate exit on the samples it was fitted on (empty clusters: the overall mean), and on held-out
-    samples the per-cluster count and correctness sums."""
-
-    mean_correct: np.ndarray  # [G, J]
-    test_sums: np.ndarray  # [G, J]
-    test_counts: np.ndarray  # [G]
-    n_test: int
-
-
-def _group_sums(groups: np.ndarray, n_groups: int, values: np.ndarray) -> np.ndarray:
-    columns = [np.bincount(groups, weights=values[:, j], minlength=n_groups) for j in range(values.shape[1])]
-    return np.stack(columns, axis=1)
-
-
-def _choose(mean_correct: np.ndarray, penalty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best candidate per (setting, cluster) from mean reward = mean correctness - mu * cost, and whether the
-    best two are too close for the choice to be certain. mean_correct [G, J], penalty [K, J]."""
-    means = mean_correct[None, :, :] - penalty[:, None, :]  # [K, G, J]
-    choice = means.argmax(axis=2)
-    if means.shape[2] > 1:
-        top2 = np.sort(means, axis=2)[:, :, -2:]
-        unclear = (top2[:, :, 1] - top2[:, :, 0] < _TIE).any(axis=1)
-    else:
-        unclear = np.zeros(means.shape[0], dtype=bool)
-    return choice, unclear
-
-
-class _Stage:
-    """One routing stage's fit data (features, correctness at the candidate exits) and its cached k-means.
-
-    Mirrors `clustering.dimee.fit_cluster_stage` step by step (same folds, same standardisation, same
-    k-means calls), keeping each clustering so that only the cost-dependent choices are redone."""
-
-    def __init__(self, x: np.ndarray, correct: np.ndarray, candidates: np.ndarray, params: Mapping[str, Any]):
-        self.x = x
-        self.correct = correct[:, candidates - 1]  # bool [n, J]
-        self.correct_f = self.correct.astype(np.float64)
-        self.candidates = candidates
-        self.n_folds, self.n_init = int(params["n_folds"]), int(params["n_init"])
-        self.seed = int(params["random_state"])
-        n = x.shape[0]
-        self.largest_train = n - math.ceil(n / self.n_folds)
-        folds = KFold(n_splits=self.n_folds, shuffle=True, random_state=self.seed)
-        self.splits = list(folds.split(x)) if n >= 2 * self.n_folds else []
-        self.folds: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = {}
-        self.fulls: dict[int, tuple[RoutingStage, np.ndarray, np.ndarray]] = {}
-        self.tables: dict[tuple[int, int], _Table] = {}
-
-    def feasible(self, k_grid: Sequence[int]) -> list[int]:
-        return sorted({int(k) for k in k_grid if 1 <= int(k) <= self.largest_train})
-
-    def fold(self, f: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Train-cluster labels, held-out assignment and cluster count of fold f with k clusters."""
-        if (f, k) not in self.folds:
-            train, test = self.splits[f]
-            mean, scale = _standardise(self.x[train])
-            centers, labels = _kmeans((self.x[train] - mean) / scale, k, self.n_init, self.seed)
-            probe = RoutingStage(mean, scale, centers, np.zeros(centers.shape[0], dtype=np.int64), np.zeros(0))
-            self.folds[(f, k)] = (labels, probe.assign(self.x[test]), centers.shape[0])
-        return self.folds[(f, k)]
-
-    def full(self, k: int) -> tuple[RoutingStage, np.ndarray, np.ndarray]:
-        """k-means on all fit samples: the stage (exits to fill in), its k-means labels and its assignment."""
-        if k not in self.fulls:
-            mean, scale = _standardise(self.x)
-            centers, labels = _kmeans((self.x - mean) / scale, k, self.n_init, self.seed)
-            sizes = np.bincount(labels, minlength=centers.shape[0])
-            stage = RoutingStage(mean, scale, centers, np.zeros(centers.shape[0], dtype=np.int64), sizes)
-            self.fulls[k] = (stage, labels, stage.assign(self.x))
-        return self.fulls[k]
-
-    def table(self, f: int, k: int) -> _Table:
-        """f = -1: the full-data clustering (no held-out part)."""
-        if (f, k) not in self.tables:
-            if f < 0:
-                stage, labels, _ = self.full(k)
-                g = stage.centers.shape[0]
-                train, test = np.arange(self.x.shape[0]), np.zeros(0, dtype=np.int64)
-                assign = test
-            else:
-                labels, assign, g = self.fold(f, k)
-                train, test = self.splits[f]
-            counts = np.bincount(labels, minlength=g)
-            sums = _group_sums(labels, g, self.correct_f[train])
-            overall = self.correct_f[train].mean(axis=0)
-            mean_correct = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], overall[None, :])
-            test_sums = _group_sums(assign, g, self.correct_f[test])
-            self.tables[(f, k)] = _Table(mean_correct, test_sums, np.bincount(assign, minlength=g), int(test.size))
-        return self.tables[(f, k)]
-
-    # ---- many settings at once ------------------------------------------------------------------------
-    def fast(
-        self, penalty: np.ndarray, k_grid: Sequence[int], k_tolerance: float
-    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """For penalties [K, J] (mu * normalised cost at each candidate): chosen k [K], exits per cluster
-        (one array per setting) and which settings are too close to call (to be redone exactly)."""
-        K = penalty.shape[0]
-        unclear = np.zeros(K, dtype=bool)
-        feasible = self.feasible(k_grid)
-        if self.splits and feasible:
-            cv = np.zeros((K, len(feasible)))
-            for col, k in enumerate(feasible):
-                for f in range(len(self.splits)):
-                    tab = self.table(f, k)
-                    choice, close = _choose(tab.mean_correct, penalty)
-                    unclear |= close
-                    gain = tab.test_sums[np.arange(choice.shape[1])[None, :], choice]  # [K, G]
-                    cost = np.take_along_axis(penalty, choice, axis=1) * tab.test_counts[None, :]
-                    cv[:, col] += (gain - cost).sum(axis=1) / tab.n_test
-                cv[:, col] /= len(self.splits)
-            top = cv.max(axis=1)
-            bar = top - k_tolerance - 1e-12
-            winner = cv.argmax(axis=1)
-            near = np.abs(cv - bar[:, None]) < _CV_TIE
-            near[np.arange(K), winner] = False
-            unclear |= near.any(axis=1)
-            best_k = np.array(feasible)[(cv >= bar[:, None]).argmax(axis=1)]
-        else:
-            best_k = np.ones(K, dtype=np.int64)
-        exits: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * K
-        for k in np.unique(best_k):
-            rows = np.nonzero(best_k == k)[0]
-            choice, close = _choose(self.table(-1, int(k)).mean_correct, penalty[rows])
-            unclear[rows] |= close
-            for row, c in zip(rows, choice):
-                exits[row] = self.candidates[c]
-        return best_k, exits, unclear
-
-    # ---- one setting, with the policy's own arithmetic --------------------------------------------------
-    def exact(self, rewards: np.ndarray, k_grid: Sequence[int], k_tolerance: float) -> tuple[int, np.ndarray]:
-        """`fit_cluster_stage` on the cached clusterings: chosen k and exits per cluster."""
-        feasible = self.feasible(k_grid)
-        if self.splits and feasible:
-            cv: dict[int, float] = {}
-            for k in feasible:
-                held_out = []
-                for f, (train, test) in enumerate(self.splits):
-                    labels, assign, g = self.fold(f, k)
-                    choice = _best_candidate_per_group(labels, g, rewards[train])
-                    held_out.append(rewards[test, choice[assign]].mean())
-                cv[k] = float(np.mean(held_out))
-            best = max(cv.values())
-            best_k = min(k for k in cv if cv[k] >= best - k_tolerance - 1e-12)
-        else:
-            best_k = 1
-        stage, labels, _ = self.full(best_k)
-        choice = _best_candidate_per_group(labels, stage.centers.shape[0], rewards)
-        return best_k, self.candidates[choice]
-
-
-class _DimeeSolver(_GenericSolver):
-    """DIMEE with k-means clusters: see the module doc. Other configurations fall back to refitting."""
-
-    def __init__(self, spec: PolicySpec, data: _Data):
-        super().__init__(spec, data)
-        self.stages: dict[tuple, _Stage] = {}
-        self.predicted: dict[tuple, _Solution] = {}
-        self.params: dict[tuple, dict[str, Any]] = {}
-
-    def _params(self, ctx: _Context) -> dict[str, Any]:
-        """The policy's parameters for a setting (they depend on the grid values only, not plan or costs)."""
-        key = _value_key(ctx.values)
-        if key not in self.params:
-            self.params[key] = self.build(ctx).get_params(deep=False)
-        return self.params[key]
-
-    @staticmethod
-    def _supported(params: Mapping[str, Any]) -> bool:
-        """The fast path mirrors the per-tier k-means fit; pools, temperatures and the cascade mode
-        (`decision_exits`) are refitted through `fit` instead."""
-        return (
-            params["assignment"] == "clusters"
-            and params["temperatures"] is None
-            and params.get("decision_exits") is None
-        )
-
-    @staticmethod
-    def candidates(params: Mapping[str, Any], plan: TierPlan, stage: int) -> np.ndarray:
-        """As `DimeePolicy._candidates` (see the policy's module doc: which exits a decision may honestly pick)."""
-        m, e, L = plan.mobile_end, plan.edge_end, plan.num_layers
-        depth = e if stage == 2 else (m if params["feature"] == "profile" else 1)
-        if params["candidate_exits"] == "all":
-            cands = set(range(depth, L + 1))
-        else:
-            cands = {j for j in (m, e, L) if j >= depth}
-        if stage == 1 and params["edge_stage"]:
-            cands = {j for j in cands if j <= m or j >= e}
-        return np.array(sorted(cands), dtype=np.int64)
-
-    def _x(self, params: Mapping[str, Any], split: CachedSplit, depth: int | None) -> np.ndarray:
-        if depth is None:
-            return np.asarray(split.embedding).astype(np.float64)
-        return exit_profile(split.logits[:, :depth], None, tuple(params["profile_features"]), None)
-
-    def _stage1(self, params: Mapping[str, Any], plan: TierPlan) -> _Stage:
-        cands = self.candidates(params, plan, 1)
-        depth = plan.mobile_end if params["feature"] == "profile" else None
-        key = (1, depth, tuple(params["profile_features"]), tuple(cands), params["n_folds"], params["n_init"],
-               params["random_state"])  # fmt: skip
-        if key not in self.stages:
-            correct = per_exit_correct(self.data.fit.logits, self.data.fit.labels, params["regression_tolerance"])
-            self.stages[key] = _Stage(self._x(params, self.data.fit, depth), correct, cands, params)
-        return self.stages[key]
-
-    def _stage2(self, params: Mapping[str, Any], plan: TierPlan, onward: np.ndarray) -> _Stage:
-        cands = self.candidates(params, plan, 2)
-        key = (2, plan.edge_end, tuple(params["profile_features"]), tuple(cands), _digest(onward), params["n_folds"],
-               params["n_init"], params["random_state"])  # fmt: skip
-        if key not in self.stages:
-            correct = per_exit_correct(self.data.fit.logits, self.data.fit.labels, params["regression_tolerance"])
-            x = self._x(params, self.data.fit, plan.edge_end)[onward]
-            self.stages[key] = _Stage(x, correct[onward], cands, params)
-        return self.stages[key]
-
-    @staticmethod
-    def _onward(stage: _Stage, k: int, exits: np.ndarray, plan: TierPlan) -> np.ndarray:
-        onward = exits[stage.full(k)[2]] > plan.mobile_end
-        return onward if onward.any() else np.ones_like(onward)
-
-    def solve(self, contexts: Sequence[_Context], reference: Sequence[np.ndarray] | None = None) -> list[_Solution]:
-        out: list[_Solution | None] = [None] * len(contexts)
-        groups: dict[tuple, list[int]] = {}
-        for index, ctx in enumerate(contexts):
-            params = self._params(ctx)
-            if not self._supported(params):
-                out[index] = self.solve_one(ctx)
-                continue
-            groups.setdefault((ctx.plan.spec, tuple(params["k_grid"])), []).append(index)
-        for members in groups.values():
-            for index, solution in zip(members, self._solve_group([contexts[i] for i in members])):
-                out[index] = solution
-        return out  # type: ignore[return-value]
-
-    def _solve_group(self, contexts: list[_Context]) -> list[_Solution]:
-        """Settings sharing plan and k grid (so the same clusterings), differing in mu and costs."""
-        params = self._params(contexts[0])
-        plan, k_grid, tol = contexts[0].plan, tuple(params["k_grid"]), float(params["k_tolerance"])
-        mus = np.array([float(self._params(c)["mu"]) for c in contexts])
-        cost_norm = np.stack([c.cost_norm for c in contexts])
-        stage1 = self._stage1(params, plan)
-        pen1 = mus[:, None] * cost_norm[:, stage1.candidates - 1]
-        k1, exits1, unclear = stage1.fast(pen1, k_grid, tol)
-        second: list[tuple | None] = [None] * len(contexts)
-        if params["edge_stage"]:
-            by_onward: dict[str, tuple[np.ndarray, list[int]]] = {}
-            for i in range(len(contexts)):
-                onward = self._onward(stage1, int(k1[i]), exits1[i], plan)
-                by_onward.setdefault(_digest(onward), (onward, []))[1].append(i)
-            for onward, rows in by_onward.values():
-                stage2 = self._stage2(params, plan, onward)
-                pen2 = mus[rows, None] * cost_norm[rows][:, stage2.candidates - 1]
-                k2, exits2, unclear2 = stage2.fast(pen2, k_grid, tol)
-                unclear[rows] |= unclear2
-                for j, row in enumerate(rows):
-                    second[row] = (stage2, int(k2[j]), exits2[j])
-        solutions = []
-        for i, ctx in enumerate(contexts):
-            if unclear[i]:
-                solutions.append(self._exact(ctx, self._params(ctx)))
-            else:
-                solutions.append(self._predict(ctx, params, (int(k1[i]), exits1[i]), second[i]))
-        return solutions
-
-    def _exact(self, ctx: _Context, params: Mapping[str, Any]) -> _Solution:
-        """One setting with the policy's own choice arithmetic (`DimeePolicy._rewards` and
-        `fit_cluster_stage`), on the cached clusterings."""
-        mu, k_grid, tol = params["mu"], tuple(params["k_grid"]), float(params["k_tolerance"])
-        stage1 = self._stage1(params, ctx.plan)
-        rewards = stage1.correct - mu * ctx.cost_norm[stage1.candidates - 1][None, :]
-        k1, exits1 = stage1.exact(rewards, k_grid, tol)
-        second = None
-        if params["edge_stage"]:
-            onward = self._onward(stage1, k1, exits1, ctx.plan)
-            stage2 = self._stage2(params, ctx.plan, onward)
-            rewards2 = stage2.correct - mu * ctx.cost_norm[stage2.candidates - 1][None, :]
-            k2, exits2 = stage2.exact(rewards2, k_grid, tol)
-            second = (stage2, k2, exits2)
-        return self._predict(ctx, params, (k1, exits1), second)
-
-    def _predict(self, ctx: _Context, params: Mapping[str, Any], first: tuple, second: tuple | None) -> _Solution:
-        """Eval exits of the fitted policy, rebuilt through the policy's own (de)serialisation and predict.
-        `first`: (k, exits per cluster) of stage 1; `second`: (stage, k, exits per cluster) of the edge stage."""
-        stage1 = self._stage1(params, ctx.plan)
-        key = (id(stage1), first[0], tuple(first[1].tolist()))
-        if second is not None:
-            key += (id(second[0]), second[1], tuple(second[2].tolist()))
-        if key not in self.predicted:
-            routing1 = _with_exits(stage1.full(first[0])[0], first[1])
-            routing2 = None if second is None else _with_exits(second[0].full(second[1])[0], second[2])
-            policy = self._rebuild(ctx, params, routing1, routing2)
-            features = self.data.eval.embedding if params["feature"] == "embedding" else None
-            exits = policy.predict(self.data.eval.logits, features)
-            self.predicted[key] = _Solution(np.asarray(exits, dtype=np.int64), float(first[0]))
-        return self.predicted[key]
-
-    def _rebuild(
-        self, ctx: _Context, params: Mapping[str, Any], stage1: RoutingStage, stage2: RoutingStage | None
-    ) -> DimeePolicy:
-        data = self.build(ctx).to_dict()
-        logits = self.data.fit.logits
-        data["state"] = {
-            "plan": ctx.plan.to_dict(),
-            "cost_model": ctx.cost_model.to_dict(),
-            "num_layers": int(logits.shape[1]),
-            "n_classes": int(logits.shape[2]),
-            "n_features": int(self.data.fit.embedding.shape[1]) if params["feature"] == "embedding" else None,
-            "temperatures": None,
-            "policy": {
-                "stage1": stage1.to_dict(),
-                "stage2": None if stage2 is None else stage2.to_dict(),
-                "n_clusters": int(stage1.centers.shape[0]),
-                "edge_n_clusters": 0 if stage2 is None else int(stage2.centers.shape[0]),
-                "cv_rewards": {},
-                "edge_cv_rewards": {},
-                "tier_shares": {"mobile": float("nan"), "edge": float("nan"), "cloud": float("nan")},
-                "fit_reward": float("nan"),
-                "pool_threshold": None,
-            },
-        }
-        return DimeePolicy.from_dict(data)
-
-
-def _with_exits(stage: RoutingStage, exits: np.ndarray) -> RoutingStage:
-    return RoutingStage(stage.mean, stage.scale, stage.centers, np.asarray(exits, dtype=np.int64), stage.sizes)
-
-
 def _solver(spec: PolicySpec, data: _Data, exact: bool) -> _GenericSolver:
     if spec.kind in ("fixed", "oracle"):
         return _GenericSolver(spec, data, key=_plan_only)
     if spec.kind == "random":
         return _RandomSolver(spec, data)
-    if exact and spec.kind in ("select", "dimee"):
+    if spec.kind == "dimee" or (exact and spec.kind == "select"):
         return _GenericSolver(spec, data, key=_fit_input_key)
     if spec.kind == "select":
         return _SelectSolver(spec, data)
-    if spec.kind == "dimee":
-        return _DimeeSolver(spec, data)
     return _GenericSolver(spec, data)
 
 
 def _fit_input_key(ctx: _Context) -> tuple:
-    """What a registry policy's fit reads: the plan, the normalised exit costs and its own parameters."""
-    return (ctx.plan.spec, ctx.cost_norm.tobytes(), _value_key(ctx.values))
+    """What a registry policy's fit reads: the plan, the normalised costs of every (route, exit) without
+    payload sizes (the linear route's are among them) and its own parameters."""
+    routes = np.nan_to_num(ctx.cost_model.path_costs(ctx.plan), nan=-1.0)
+    return (ctx.plan.spec, routes.tobytes(), _value_key(ctx.values))
 
 
 # ---- scoring ----------------------------------------------------------------------------------------------
 @dataclass
 class _CostTable:
-    """Exit costs of one chunk of settings on one run: absolute [K, L], reference [K], and the per-payload
-    table [U, L] of the settings with a link rate."""
+    """Normalised route costs of one chunk of settings on one run: per setting [P * L] (no payload), and
+    [U, P * L] per token count for the settings with a link rate (NaN cells, routes that cannot answer at a
+    depth, hold no samples and count as 0)."""
 
-    absolute: np.ndarray
-    reference: np.ndarray
+    flat: list[np.ndarray]
     per_payload: dict[int, np.ndarray]
 
 
+def _has_rate(cost: CostModel) -> bool:
+    return cost.mobile_edge_rate_bps > 0 or cost.edge_cloud_rate_bps > 0 or cost.mobile_cloud_rate_bps > 0
+
+
 def _cost_table(data: _Data, plans: list[TierPlan], costs: list[CostModel]) -> _CostTable:
-    absolute, reference, per_payload = [], [], {}
+    flat, per_payload = [], {}
     for i, (plan, cost) in enumerate(zip(plans, costs)):
-        absolute.append(cost.exit_costs(plan))
-        reference.append(cost.reference_cost(plan))
-        if cost.mobile_edge_rate_bps > 0 or cost.edge_cloud_rate_bps > 0:
-            per_payload[i] = cost.exit_costs(plan, token_counts=data.unique_counts, hidden_size=data.run.hidden_size)
-    return _CostTable(np.stack(absolute), np.array(reference), per_payload)
+        flat.append(np.nan_to_num(cost.path_costs(plan).reshape(-1), nan=0.0))
+        if _has_rate(cost):
+            table = cost.path_costs(plan, token_counts=data.unique_counts, hidden_size=data.run.hidden_size)
+            per_payload[i] = np.nan_to_num(table.reshape(table.shape[0], -1), nan=0.0)
+    return _CostTable(flat, per_payload)
 
 
 def _normalised_costs(stats: list[_Stats], table: _CostTable) -> np.ndarray:
-    hist = np.stack([s.hist for s in stats])
-    n = hist.sum(axis=1)
-    total = (hist * table.absolute).sum(axis=1)
-    for i, per_payload in table.per_payload.items():
-        total[i] = (stats[i].joint * per_payload).sum()
-    return total / n / table.reference
+    out = np.empty(len(stats))
+    for i, s in enumerate(stats):
+        if i in table.per_payload:
+            out[i] = (s.joint * table.per_payload[i]).sum() / s.hist.sum()
+        else:
+            out[i] = s.hist @ table.flat[i] / s.hist.sum()
+    return out
 
 
 # ---- the sweep --------------------------------------------------------------------------------------------
@@ -1142,21 +836,21 @@ def _sweep_run(
         plans = [run.plans[i] for i in rows]
         costs = [run.cost_models[i] for i in rows]
         table = _cost_table(data, plans, costs)
-        norm = table.absolute / table.reference[:, None]
+        norm = np.stack([c.normalised_exit_costs(p) for p, c in zip(plans, costs)])
         results: dict[str, tuple[list[_Solution], list[_Stats], np.ndarray]] = {}
         for spec in order:
             contexts = [
                 _Context(plans[j], costs[j], norm[j], _policy_values(settings[i], spec)) for j, i in enumerate(rows)
             ]
-            ref_exits = None
+            ref = None
             if spec.kind == "random" and reference is not None:
-                ref_exits = [s.exits for s in results[reference][0]]
-            solutions = solvers[spec.name].solve(contexts, ref_exits)
+                ref = results[reference][0]
+            solutions = solvers[spec.name].solve(contexts, ref)
             stats = []
             for plan, solution in zip(plans, solutions):
                 key = (plan.spec, solution.digest)
                 if key not in stats_cache:
-                    stats_cache[key] = _exit_stats(data, plan, solution.exits)
+                    stats_cache[key] = _exit_stats(data, plan, solution)
                 stats.append(stats_cache[key])
             results[spec.name] = (solutions, stats, _normalised_costs(stats, table))
         blocks.append(_block(data, specs, results, settings, rows, plans, fields))
@@ -1205,8 +899,8 @@ def _block(
             frame["oracle_accuracy_gap"] = np.full(n_rows, np.nan)
     ordered = [
         "metric", "final_metric", "metric_drop", "accuracy", "final_accuracy", "accuracy_drop", "normalised_cost",
-        "cost_reduction", "share_mobile", "share_edge", "share_cloud", "offloads_mobile_edge", "offloads_edge_cloud",
-        "bytes_mobile_edge", "bytes_edge_cloud", "knob", "oracle_cost_gap", "oracle_accuracy_gap", "n_samples",
+        "cost_reduction", "share_mobile", "share_edge", "share_cloud", "offloads_mobile_edge", "offloads_mobile_cloud",
+        "offloads_edge_cloud", "bytes_mobile_edge", "bytes_mobile_cloud", "bytes_edge_cloud", "knob", "oracle_cost_gap", "oracle_accuracy_gap", "n_samples",
     ]  # fmt: skip
     for name in ordered:
         columns[name] = np.stack([per_policy[s.name][name] for s in specs], axis=1).reshape(-1)

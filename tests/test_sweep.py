@@ -107,18 +107,19 @@ def test_all_mobile_cost_follows_the_swept_fields_by_hand(run):
     table = sweep(run, ["all-mobile", "all-edge", "all-cloud"], grid, progress=False).set_index(
         ["policy", "mobile_layer", "mobile_to_edge"]
     )["normalised_cost"]
-    reference = 0.5 + 6 * 0.02  # input_to_cloud + L * cloud_layer (defaults)
+    reference = 0.5 + 6 * 0.02  # mobile_to_cloud + L * cloud_layer (defaults): the all-cloud route itself
     for lam in (0.1, 0.2):
         for hop in (0.1, 0.5):
             # plan 2,4: all-mobile runs 2 mobile layers and offloads nothing
             assert table[("all-mobile", lam, hop)] == pytest.approx(2 * lam / reference)
-            assert table[("all-edge", lam, hop)] == pytest.approx((2 * lam + 2 * 0.05 + hop) / reference)
-            assert table[("all-cloud", lam, hop)] == pytest.approx((2 * lam + 0.1 + hop + 2 * 0.02 + 0.3) / reference)
+            # all-edge sends token ids straight to edge, which runs layers 1..4
+            assert table[("all-edge", lam, hop)] == pytest.approx((hop + 4 * 0.05) / reference)
+            assert table[("all-cloud", lam, hop)] == 1.0
 
 
 def test_link_rate_costs_per_sample_and_bytes(run):
     tokens = np.load(run / "logits" / "validation.tokens.npy")
-    sizes = np.array([payload_size([c], HIDDEN, "fp32") for c in tokens], dtype=float)
+    sizes = np.array([16 + 4 + 5 * c for c in tokens], dtype=float)  # token ids: all-edge sends them straight to edge
     rate = 1e4
     table = sweep(run, ["all-edge", "all-mobile"], {"mobile_edge_rate_bps": [0.0, rate]}, progress=False)
     edge = table[table.policy == "all-edge"].set_index("mobile_edge_rate_bps")
@@ -281,6 +282,7 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
 
 def test_registry_names():
     assert set(POLICIES) == {
-        "dimee", "dimee-edge", "dimee-embedding", "threshold", "entropy", "patience",
+        "dimee", "dimee-edge", "dimee-embedding", "dimee-pools", "dimee-cascade", "dimee-entry",
+        "threshold", "entropy", "patience",
         "all-mobile", "all-edge", "all-cloud", "random", "oracle",
     }  # fmt: skip
