@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clustering import DimeePolicy, ThresholdPolicy, evaluate_exits
+from clustering import DimeePolicy, ThresholdPolicy, evaluate_policy
 from clustering.profiles import confidence
 from glue_eval.calibration import fit_run_temperatures, plot_reliability, run_calibration_report
 from glue_eval.metrics import compute_glue_metrics, predictions_from_logits, primary_metric
@@ -95,8 +95,8 @@ def builders(plan: TierPlan, cost: CostModel, temps: np.ndarray | None) -> dict[
 # ---- scoring ------------------------------------------------------------------------------------------------
 def score(policy, split: CachedSplit, plan: TierPlan, cost: CostModel, task: str, temps: np.ndarray | None) -> dict:
     """Accuracy, task metric, cost and where samples were answered; `early` = before the final exit L."""
-    exits = policy.predict(split.logits, features=split.embedding)
-    res = evaluate_exits(exits, split.logits, split.labels, plan, cost)
+    res = evaluate_policy(policy, split.logits, split.labels, split.embedding)
+    exits = res["exits"]
     rows = np.arange(exits.size)
     chosen = split.logits[rows, exits - 1]
     metric = compute_glue_metrics(task, predictions_from_logits(task, chosen), split.labels)[primary_metric(task)]

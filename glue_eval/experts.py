@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoTokenizer
 
-from clustering import evaluate_exits
+from clustering import evaluate_policy
 from clustering.detector import DistortionDetector
 from clustering.profiles import confidence
 from tiers import EarlyExitModel, read_cached_split, read_run_info
@@ -565,8 +565,7 @@ def knob_curves(run_dir: str | Path, names: Sequence[str], sets: dict, task: str
             policy = family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding)
             for (name, sev), entry in sets.items():
                 for mode, logits in entry["modes"].items():
-                    exits = policy.predict(logits, features=entry["embedding"])
-                    result = evaluate_exits(exits, logits, entry["labels"], info.plan, info.cost_model)
+                    result = evaluate_policy(policy, logits, entry["labels"], entry["embedding"])
                     out.append(
                         {
                             "task": task,
@@ -652,8 +651,8 @@ def equal_offload(curves: list[dict], step: float = 0.01) -> list[dict]:
 
 
 def score(policy, logits: np.ndarray, labels: np.ndarray, embedding: np.ndarray, info, task: str) -> dict:
-    exits = policy.predict(logits, features=embedding)
-    result = evaluate_exits(exits, logits, labels, info.plan, info.cost_model)
+    result = evaluate_policy(policy, logits, labels, embedding)
+    exits = result["exits"]
     chosen = predictions_from_logits(task, logits[np.arange(len(exits)), exits - 1])
     metric = primary_metric(task)
     m = info.plan.mobile_end
