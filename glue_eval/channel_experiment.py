@@ -1,12 +1,13 @@
-"""Accuracy and bytes sent vs SNR for transmission-decision (TD) rules over a noisy mobile -> edge hop.
+"""Accuracy and bytes sent vs SNR for transmission-decision (TD) rules over noisy links between the tiers.
 
 For one fine-tuned run (plan m, e, L):
 
 1. mobile runs once over the validation split and a subset of the calibration split; the hidden states after
    layer m and the mobile exits' logits are kept;
-2. for every handoff encoding (fp32/fp16/int8) and SNR: encode -> decode (what the receiver reads) -> additive
-   Gaussian noise at that SNR on the real tokens' values (the noise acts on what is sent) -> edge and cloud
-   layers -> exit-L prediction ("remote answer");
+2. for every handoff encoding (fp32/fp16/int8) and SNR, the served path of a sample mobile hands on after
+   layer m: `tiers.channel.send_hidden_states` (additive Gaussian noise at that SNR on the real tokens'
+   values, then the codec: what the services do on every hop) -> decode -> edge layers m+1..e -> the same
+   noisy hop edge -> cloud -> cloud layers -> exit-L prediction ("remote answer");
 3. TD rules are fitted on the calibration rows stacked over the SNR grid and evaluated on validation per SNR:
    accuracy (local answer at exit m if kept, remote answer if transmitted), offload rate, bytes sent per sample
    (`tiers.payload_size` of a one-sample handoff).
@@ -28,8 +29,8 @@ from transformers import AutoTokenizer
 
 from clustering.profiles import predictions
 from clustering.transmission import ConfidenceTD, LogisticTD, SNRShiftedTD, evaluate_td, local_predictions
-from tiers import decode_handoff, encode_handoff, load_tier_part, payload_size, read_run_info
-from tiers.channel import Channel, add_awgn
+from tiers import decode_handoff, load_tier_part, payload_size, read_run_info
+from tiers.channel import Channel, send_hidden_states
 
 from .data import subset
 from .tasks import get_task
@@ -88,13 +89,15 @@ def remote_predictions(
         enc_snrs = [] if encoding not in encodings else list(snrs)
         preds = {key: np.zeros(n, dtype=np.int64) for key in [CLEAN, *[str(s) for s in enc_snrs]]}
         for b, (rows, hidden, mask) in enumerate(cache.batches):
-            received = decode_handoff(encode_handoff(hidden, mask, next_layer, encoding), hidden_size).hidden
             for k, snr in enumerate([None, *enc_snrs]):
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + b * 101 + k)
-                noisy = add_awgn(received, mask, snr, generator)
-                edge_out = edge.run_hidden(noisy, mask)
-                cloud_out = cloud.run_hidden(edge_out.hidden, mask)
-                final = (cloud_out if cloud_out.exit_logits.shape[1] else edge_out).exit_logits[:, -1:, :]
+                body = send_hidden_states(hidden, mask, next_layer, encoding, snr, generator)
+                edge_out = edge.run_hidden(decode_handoff(body, hidden_size).hidden, mask)
+                final = edge_out.exit_logits[:, -1:, :]
+                if len(cloud.layers) and cloud.last_layer > edge.last_layer:
+                    body = send_hidden_states(edge_out.hidden, mask, edge.last_layer + 1, encoding, snr, generator)
+                    cloud_out = cloud.run_hidden(decode_handoff(body, hidden_size).hidden, mask)
+                    final = cloud_out.exit_logits[:, -1:, :]
                 preds[CLEAN if snr is None else str(snr)][rows] = predictions(final.numpy())[:, 0]
         out[encoding] = preds
     return out

@@ -245,3 +245,19 @@ def test_rule_errors():
 def test_evaluate_td_counts_bytes_only_when_sent():
     out = evaluate_td(np.array([True, False]), np.array([True, True]), np.array([False, True]), np.array([100, 300]))
     assert out == {"accuracy": 0.5, "offload_rate": 0.5, "bytes_per_sample": 50.0}
+
+
+def test_send_hidden_states_noises_before_encoding():
+    """The one function the services and the channel experiment call: noise first, then the codec."""
+    from tiers import decode_handoff
+    from tiers.channel import add_awgn, send_hidden_states
+
+    hidden = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    body = send_hidden_states(hidden, mask, 3, "int8", snr_db=5.0, generator=torch.Generator().manual_seed(1))
+    noisy = add_awgn(hidden, mask, 5.0, torch.Generator().manual_seed(1))
+    received = decode_handoff(body, 8).hidden
+    scale = noisy.abs().amax(dim=2, keepdim=True) / 127.0  # int8: one scale per token, error <= scale / 2
+    assert ((received - noisy).abs() <= scale / 2 + 1e-6)[mask.bool()].all()
+    assert ((received - hidden).abs().max() > 0.05)  # the noise arrived
+    assert send_hidden_states(hidden, mask, 3, "fp32") == send_hidden_states(hidden, mask, 3, "fp32", snr_db=None)

@@ -235,3 +235,20 @@ def measured_snr_db(clean: torch.Tensor, noisy: torch.Tensor, attention_mask: to
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+def send_hidden_states(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    next_layer: int,
+    encoding: str = "fp32",
+    snr_db: float | None = None,
+    generator: torch.Generator | None = None,
+) -> bytes:
+    """What leaves a tier over a (possibly noisy) link: AWGN at `snr_db` on the real tokens' values, then the
+    handoff codec. The services call this on every hop and the channel experiment on every hop it simulates,
+    so both put the same noise in the same place (before encoding: quantisation acts on the noisy values)."""
+    from .codec import encode_handoff
+
+    noisy = hidden if snr_db is None else add_awgn(hidden, attention_mask, snr_db, generator)
+    return encode_handoff(noisy, attention_mask, next_layer, encoding)
