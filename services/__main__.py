@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", help="run folder (or DIMEE_RUN_DIR)")
     parser.add_argument("--plan", help="tier plan override 'm,e' (default: run.json's)")
     parser.add_argument("--next-url", help="next tier's base URL (mobile: edge's; edge: cloud's)")
+    parser.add_argument("--cloud-url", help="mobile: cloud's base URL, for the direct routes mobile -> cloud")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8700 mobile, 8701 edge, 8702 cloud)")
     parser.add_argument("--handoff-encoding", choices=("fp32", "fp16", "int8"), help="encoding of sent hidden states")

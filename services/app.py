@@ -1,8 +1,10 @@
 """The FastAPI app of one tier: `create_app(settings)` serves mobile, edge or cloud.
 
-Mobile:  POST /v1/classify (JSON texts) -> answers, handing hidden states to edge when the policy says so.
-Edge:    POST /v1/handoff (binary hidden states) -> continues from layer m+1, answers or hands off to cloud.
-Cloud:   POST /v1/handoff -> finishes at layer L.
+Mobile:  POST /v1/classify (JSON texts) -> answers; the policy may hand a sample to edge or cloud, as token ids
+         before any layer or as hidden states at a boundary the receiver accepts.
+Edge:    POST /v1/handoff (token ids or hidden states) -> continues from the boundary (0 or m by default),
+         answers or hands off to cloud after its last layer e.
+Cloud:   POST /v1/handoff (token ids or hidden states at 0, m or e by default) -> answers by layer L.
 All:     GET /healthz, /readyz, /metrics (Prometheus text).
 
 Bad input is always a 4xx with a reason (JSON {"detail": ...}), never a 5xx.
@@ -22,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from tiers import CONTENT_TYPE
+from tiers import CONTENT_TYPE, TOKENS_CONTENT_TYPE
 
 from .batching import BatcherClosed
 from .handoff import (
@@ -186,10 +188,11 @@ def _add_classify(app: FastAPI, service: TierService) -> None:
         tags=["inference"],
         summary="Classify texts",
         description=(
-            f"Classify one or several texts ({service.info.task}; text fields {fields}). Mobile runs layers "
-            f"1..{service.last_layer}; the policy answers here or hands the hidden states to edge (and cloud). "
-            "Texts are never truncated: a text over the token limit gets 422. Each prediction carries the tier "
-            "and exit that answered, a degraded flag (next tier down or late), and its cost breakdown."
+            f"Classify one or several texts ({service.info.task}; text fields {fields}). Mobile holds layers "
+            f"1..{service.last_layer} and runs them one at a time; the policy answers at an exit, or hands the "
+            "sample to edge or cloud (token ids before any layer, or hidden states). Texts are never truncated: "
+            "a text over the token limit gets 422. Each prediction carries the tier, exit and route that "
+            "answered, a degraded flag (next tier down or late), and its cost breakdown."
         ),
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
     )
@@ -224,16 +227,20 @@ def _add_handoff(app: FastAPI, service: TierService) -> None:
             **_ERRORS,
         },
         tags=["inference"],
-        summary="Continue from handed-over hidden states (tier to tier)",
+        summary="Continue a handed-over sample from its layer boundary (tier to tier)",
         description=(
-            f"Body: hidden states of the real tokens in the tiers codec (Content-Type {CONTENT_TYPE}; "
-            f"continues at layer {service.first_layer}). Header {META_HEADER}: JSON with the earlier exits' "
-            f"logits, the sender's deadline budget and forcing. Requires {TOKEN_HEADER}."
+            f"Body: token ids (Content-Type {TOKENS_CONTENT_TYPE}, boundary 0) or hidden states of the real "
+            f"tokens after layer j (Content-Type {CONTENT_TYPE}, the body's next layer is j + 1); this tier "
+            f"accepts boundaries {list(service.plan.accepts(service.tier))}. Header {META_HEADER}: JSON with the "
+            f"logits of exits 1..j, the sender's deadline budget and forcing. Requires {TOKEN_HEADER}."
         ),
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                "content": {
+                    CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                    TOKENS_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                },
             },
             "parameters": [
                 {"name": TOKEN_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
@@ -245,8 +252,8 @@ def _add_handoff(app: FastAPI, service: TierService) -> None:
     async def handoff(request: Request) -> HandoffResponse:
         start = time.perf_counter()
         check_token(request, settings.token)
-        check_content_type(request, CONTENT_TYPE)
+        media = check_content_type(request, (CONTENT_TYPE, TOKENS_CONTENT_TYPE))
         meta = parse_meta(request.headers.get(META_HEADER), settings.max_meta_bytes)
         body = await read_body(request, settings.max_body_bytes)
-        answers, server_ms = await service.handoff(meta, body, current_request_id(), start)
+        answers, server_ms = await service.handoff(meta, body, media, current_request_id(), start)
         return HandoffResponse(request_id=current_request_id(), server_ms=server_ms, answers=answers)

@@ -1,9 +1,11 @@
 """One tier's share of the model and the padding that lets samples of any length share a forward pass.
 
-Samples travel between the batcher and the model one by one, without padding: token ids on mobile, the
-hidden states of the real tokens on edge and cloud. A batch is padded on the right just before the forward
-pass and split again right after it; right padding is exact because the attention mask hides the padding
-and positions are fixed at embedding time.
+Samples travel between the batcher and the model one by one, without padding: token ids (mobile, and edge or
+cloud at boundary 0) or the hidden states of the real tokens after the handoff boundary. The serving path is
+:meth:`TierEngine.run_segment`: `tiers.run_tier_segment` runs the tier's layers one at a time, asks the
+policy (the step protocol) before the first layer and after each one, and drops answered and handed-off
+samples from the batch (the survivors are re-padded on the right; right padding is exact because the
+attention mask hides it and positions are fixed at embedding time).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tiers import TierPart, TierPlan, load_tier_part
+from tiers import SegmentInput, SegmentResult, TierPart, TierPlan, load_tier_part, run_tier_segment
 from tiers.experts import CLEAN, ExpertExits, load_experts, run_mobile, run_part
+from tiers.segment import SegmentDecide
 
 
 @dataclass(frozen=True)
@@ -112,12 +115,30 @@ class TierEngine:
         return int(self.part.last_layer)
 
     @property
+    def vocab_size(self) -> int:
+        return int(self.part.config.vocab_size)
+
+    @property
+    def type_vocab_size(self) -> int:
+        return int(getattr(self.part.config, "type_vocab_size", 0) or 0)
+
+    @property
+    def accepts_tokens(self) -> bool:
+        return self.part.embeddings is not None
+
+    def run_segment(self, samples: list[SegmentInput], decide: SegmentDecide) -> list[SegmentResult]:
+        """The tier's stay for a batch of samples (any entry boundaries it holds), with early exit inside the
+        tier: one result per sample (answer or handoff, the depth it was taken at, logits of exits 1..depth)."""
+        return run_tier_segment(self.part, samples, decide, self.pad_id, self.experts)
+
+    @property
     def max_positions(self) -> int | None:
         value = getattr(self.part.config, "max_position_embeddings", None)
         return int(value) if value else None
 
     def run_tokens(self, samples: list[TokenSample]) -> list[SampleOutput]:
-        """Mobile: embed and run layers 1..m on a padded batch; one output per sample."""
+        """Mobile: embed and run layers 1..m on a padded batch, no early exit (every exit computed); one output
+        per sample."""
         ids, mask, types = pad_tokens(samples, self.pad_id)
         kinds = self._kinds([s.distortion for s in samples])
         with torch.no_grad():
@@ -129,7 +150,8 @@ class TierEngine:
         return self._split(out.hidden, mask, out.exit_logits, feature)
 
     def run_states(self, states: list[torch.Tensor | StateSample]) -> list[SampleOutput]:
-        """Edge and cloud: continue from handed-over hidden states on a padded batch."""
+        """Edge and cloud: continue from hidden states after the previous tier of the linear route (m, e) on a
+        padded batch, no early exit."""
         samples = [s if isinstance(s, StateSample) else StateSample(s) for s in states]
         hidden, mask = pad_hidden([s.hidden for s in samples])
         kinds = self._kinds([s.distortion for s in samples])

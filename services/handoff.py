@@ -1,8 +1,10 @@
 """Both ends of a handoff over HTTP: checks on the receiving side, the pooled client on the sending side.
 
-Wire format: POST <next>/v1/handoff, Content-Type tiers.CONTENT_TYPE, body = tiers.encode_handoff bytes,
-headers X-DIMEE-Token (shared secret), X-Request-ID, X-DIMEE-Meta (HandoffMeta as JSON). The answer is a
-HandoffResponse in JSON. Nothing is ever unpickled; the body is parsed only by tiers.decode_handoff.
+Wire format: POST <target>/v1/handoff with either Content-Type tiers.CONTENT_TYPE, body = tiers.encode_handoff
+bytes (hidden states after the boundary layer j; the body's next layer is j + 1), or Content-Type
+tiers.TOKENS_CONTENT_TYPE, body = tiers.encode_tokens bytes (token ids: boundary 0); headers X-DIMEE-Token
+(shared secret), X-Request-ID, X-DIMEE-Meta (HandoffMeta as JSON). The answer is a HandoffResponse in JSON.
+Nothing is ever unpickled; the body is parsed only by tiers.decode_handoff / tiers.decode_tokens.
 """
 
 from __future__ import annotations
@@ -53,11 +55,14 @@ def check_token(request: Request, expected: str) -> None:
         raise InputError(403, f"wrong {TOKEN_HEADER}")
 
 
-def check_content_type(request: Request, expected: str) -> None:
+def check_content_type(request: Request, expected: str | tuple[str, ...]) -> str:
+    """The request's media type if it is one of `expected`; 415 otherwise."""
+    allowed = (expected,) if isinstance(expected, str) else tuple(expected)
     given = request.headers.get("content-type", "")
     media = given.split(";", 1)[0].strip().lower()
-    if media != expected:
-        raise InputError(415, f"Content-Type must be {expected}, got {given or 'none'}")
+    if media not in allowed:
+        raise InputError(415, f"Content-Type must be {' or '.join(allowed)}, got {given or 'none'}")
+    return media
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -112,13 +117,14 @@ async def post_handoff(
     meta: HandoffMeta,
     timeout_s: float,
     expected_answers: int,
+    content_type: str = CONTENT_TYPE,
 ) -> tuple[HandoffResponse, float]:
     """Send one handoff; return the next tier's response and the round-trip time in ms.
 
     `timeout_s` bounds the whole exchange (asyncio.wait_for), not only each socket operation.
     """
     headers = {
-        "Content-Type": CONTENT_TYPE,
+        "Content-Type": content_type,
         TOKEN_HEADER: token,
         REQUEST_ID_HEADER: request_id,
         META_HEADER: meta.model_dump_json(),

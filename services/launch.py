@@ -1,7 +1,7 @@
 """Run tiers: `serve_tier` runs one in this process (uvicorn); `start_all` starts all three as subprocesses.
 
 `start_all` is what `dimee serve-all` and the end-to-end tests use: three real processes on loopback
-ports, chained mobile -> edge -> cloud with one shared token, each started with
+ports, wired mobile -> edge -> cloud plus the direct mobile -> cloud link, with one shared token, each started with
 `python -m services --tier ... --run-dir ...`, returned once every /readyz answers 200.
 """
 
@@ -31,7 +31,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [rid=%(request_id)s] %(message)
 #: uvicorn's default cap on a request's header block (16 KiB) would refuse large X-DIMEE-Meta headers.
 HEADER_ALLOWANCE = 16 * 1024
 #: Settings that differ per tier; start_all passes them on the command line, never inherits them.
-_PER_TIER_ENV = frozenset(f"DIMEE_{name}" for name in ("TIER", "RUN_DIR", "PLAN", "NEXT_URL", "HOST", "PORT"))
+_PER_TIER_ENV = frozenset(f"DIMEE_{name}" for name in ("TIER", "RUN_DIR", "PLAN", "NEXT_URL", "CLOUD_URL", "HOST", "PORT"))
 
 
 def configure_logging(level: str) -> None:
@@ -181,6 +181,8 @@ def start_all(
                 command += ["--plan", plan]
             if tier != "cloud":
                 command += ["--next-url", urls[TIERS[TIERS.index(tier) + 1]]]
+            if tier == "mobile":
+                command += ["--cloud-url", urls["cloud"]]  # the direct routes mobile -> cloud
             log_path = logs / f"{tier}.log"
             log_file = open(log_path, "wb")  # noqa: SIM115 - closed by TierProcess.stop
             process = subprocess.Popen(command, env=child_env, stdout=log_file, stderr=subprocess.STDOUT)

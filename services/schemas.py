@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 TierName = Literal["mobile", "edge", "cloud"]
 #: A distortion type's name as it travels between tiers (the receiving tier checks it against its experts).
 DistortionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
-HOPS: tuple[str, str] = ("mobile_edge", "edge_cloud")
+HOPS: tuple[str, str, str] = ("mobile_edge", "mobile_cloud", "edge_cloud")
 
 
 class ClassifyRequest(BaseModel):
@@ -32,15 +32,20 @@ class ClassifyRequest(BaseModel):
     text_pair: str | None = Field(default=None, description="second text of a pair task")
     text_pairs: list[str] | None = Field(default=None, description="second texts of a pair task, one per text")
     force_tier: TierName | None = Field(
-        default=None, description="answer at this tier's last exit whatever the policy says (tests, comparisons)"
+        default=None,
+        description="answer at this tier's last exit whatever the policy says (tests, comparisons): mobile at m; "
+        "edge and cloud get the token ids straight from mobile (the direct route) where they accept them",
     )
 
 
 class CostReport(BaseModel):
-    """What answering this sample cost (tiers.CostModel.breakdown) and how long each stage took."""
+    """What answering this sample cost (tiers.CostModel.route_breakdown of its route, the accounting the offline
+    evaluation uses) and how long each stage took."""
 
     layers: dict[str, int] = Field(description="transformer layers run on each tier")
-    bytes_per_hop: dict[str, int] = Field(description="handoff bytes attributable to this sample, per hop")
+    bytes_per_hop: dict[str, int] = Field(
+        description="handoff body bytes of this sample per hop (token ids or hidden states, as if sent alone)"
+    )
     compute_units: dict[str, float]
     offload_units: dict[str, float]
     total_units: float = Field(description="sum of compute and offload units")
@@ -62,6 +67,11 @@ class Answer(BaseModel):
     tier: TierName = Field(description="tier that answered")
     degraded: bool = Field(description="answered locally because the next tier failed or ran out of time")
     degraded_reason: str | None = None
+    route: list[str] = Field(
+        default_factory=list,
+        description="stops from the tier that wrote this answer on, each 'tier@entry' (entry boundary: 0 = token ids)",
+    )
+    depth: int = Field(default=0, ge=0, description="deepest layer the answering tier ran (>= exit)")
     bytes_per_hop: dict[str, int] = Field(default_factory=dict)
     wall_ms: dict[str, float] = Field(default_factory=dict)
 
@@ -73,6 +83,7 @@ class Prediction(BaseModel):
     score: float | None = None
     exit: int
     tier: TierName
+    route: list[str] = Field(description="the sample's route: stops 'tier@entry', e.g. ['mobile@0', 'cloud@0']")
     degraded: bool
     degraded_reason: str | None = None
     distortion: str | None = Field(
@@ -103,9 +114,10 @@ class ErrorResponse(BaseModel):
 
 # ---- X-DIMEE-Meta ------------------------------------------------------------------------------------------
 class HandoffMeta(BaseModel):
-    """JSON in the X-DIMEE-Meta header: what the receiver needs beside the hidden states.
+    """JSON in the X-DIMEE-Meta header: what the receiver needs beside the body (token ids or hidden states).
 
-    `prior_logits` are the logits of exits 1..prior_exits (the sender's tiers), base64 of little-endian
+    `prior_logits` are the logits of exits 1..prior_exits (the layers run before the handoff boundary; 0 exits
+    for token ids), base64 of little-endian
     float32 [n, prior_exits, num_labels], so the receiving tier's policy sees exits 1..k as it was fitted.
     `features` [n, feature_dim] (same packing) travel only for a policy fitted on routing features (DIMEE on
     the embedding-layer output), which edge and cloud consult with the features mobile computed.
@@ -119,7 +131,7 @@ class HandoffMeta(BaseModel):
     force_tier: TierName | None = None
     budget_ms: float = Field(gt=0, le=3_600_000, description="how long the sender waits for the answer")
     n: int = Field(ge=1)
-    prior_exits: int = Field(ge=1)
+    prior_exits: int = Field(ge=0, description="the handoff boundary: exits 1..prior_exits were computed")
     num_labels: int = Field(ge=1)
     prior_logits: str
     feature_dim: int | None = Field(default=None, ge=1, le=65536)

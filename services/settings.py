@@ -34,6 +34,11 @@ class TierSettings(BaseSettings):
     next_url: str | None = Field(
         default=None, description="base URL of the next tier (edge's for mobile, cloud's for edge)"
     )
+    cloud_url: str | None = Field(
+        default=None,
+        description="mobile: base URL of the cloud tier, for the direct routes mobile -> cloud (token ids or "
+        "hidden states); edge reaches cloud through next_url",
+    )
     host: str = Field(default="127.0.0.1", description="address to bind; loopback unless you mean otherwise")
     port: int | None = Field(default=None, ge=0, le=65535, description="port; default 8700/8701/8702 by tier")
     handoff_token: SecretStr | None = Field(default=None, description="shared secret for /v1/handoff")
@@ -101,26 +106,28 @@ class TierSettings(BaseSettings):
             raise ValueError(f"accept at least one handoff encoding of {', '.join(ENCODINGS)}")
         return tuple(dict.fromkeys(value))
 
-    @field_validator("next_url")
+    @field_validator("next_url", "cloud_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"next_url must start with http:// or https://, got {value!r}")
+            raise ValueError(f"tier URLs must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
 
     @model_validator(mode="after")
     def _tier_requirements(self) -> "TierSettings":
         token = self.handoff_token.get_secret_value() if self.handoff_token else ""
-        needs_token = self.tier in ("edge", "cloud") or self.next_url is not None
+        needs_token = self.tier in ("edge", "cloud") or self.next_url is not None or self.cloud_url is not None
         if needs_token and len(token) < MIN_TOKEN_CHARS:
             raise ValueError(
                 f"the {self.tier} tier needs DIMEE_HANDOFF_TOKEN (at least {MIN_TOKEN_CHARS} characters, the same on "
                 'every tier); generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
             )
-        if self.tier == "cloud" and self.next_url is not None:
-            raise ValueError("the cloud tier is the last one; it takes no next_url")
+        if self.tier == "cloud" and (self.next_url is not None or self.cloud_url is not None):
+            raise ValueError("the cloud tier is the last one; it takes no next_url or cloud_url")
+        if self.tier == "edge" and self.cloud_url is not None and self.next_url not in (None, self.cloud_url):
+            raise ValueError("edge's next tier is cloud: give its URL once, as next_url (cloud_url differs from it)")
         return self
 
     @model_validator(mode="after")
@@ -132,6 +139,14 @@ class TierSettings(BaseSettings):
     @property
     def bind_port(self) -> int:
         return DEFAULT_PORTS[self.tier] if self.port is None else self.port
+
+    def url_for(self, target: str) -> str | None:
+        """Base URL this tier sends samples to `target` ('edge' or 'cloud') at, or None if not configured."""
+        if self.tier == "mobile":
+            return self.next_url if target == "edge" else self.cloud_url if target == "cloud" else None
+        if self.tier == "edge" and target == "cloud":
+            return self.next_url or self.cloud_url
+        return None
 
     @property
     def token(self) -> str:

@@ -1,8 +1,13 @@
-"""What one tier does with a request: run its layers (batched), ask the policy, answer or hand off.
+"""What one tier does with a request: run its layers with early exit (batched), answer or hand off.
 
-The same class serves mobile (texts in), edge and cloud (hidden states in); `services.app` only wires it to
-HTTP. Every answer a tier produces or relays carries the bytes it caused per hop and the measured time per
-tier and hop; mobile turns them into the cost breakdown of the response.
+The same class serves mobile (texts in) and edge and cloud (token ids or hidden states in, at any layer
+boundary the plan lets them accept); `services.app` only wires it to HTTP. A tier drives its micro-batches
+through `tiers.run_tier_segment` with the policy's `step` (the step protocol of `tiers.routes`), so it runs
+only the layers the policy needs: answered samples leave the batch after the exit that answers them, handed
+off samples after the boundary they leave at (mobile may send token ids straight to edge or cloud before
+any layer). Every answer carries its route (stops 'tier@entry'), the depth its answering tier ran to and
+the exact bytes per hop it caused; mobile turns them into the cost breakdown of the response with
+`tiers.CostModel.route_breakdown`, the accounting the offline evaluation uses.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -22,22 +27,34 @@ from pydantic import ValidationError
 
 from clustering.detector import DetectorError, DistortionDetector
 from tiers import (
-    Channel,
+    CONTENT_TYPE,
     TIERS,
+    TOKENS_CONTENT_TYPE,
+    Channel,
     HandoffFormatError,
+    RouteError,
+    SegmentInput,
+    SegmentResult,
+    Stop,
     TierPlan,
+    check_actions,
     decode_handoff,
-    encode_handoff,
-    payload_size,
+    decode_tokens,
+    encode_tokens,
+    final_tier_index,
+    handoff_target,
+    hop_payload_size,
     read_run_info,
+    token_payload_size,
 )
+from tiers.channel import send_hidden_states
 from tiers.experts import CLEAN, DETECTOR_FILE, EXPERTS_DIR, ExpertError, experts_dir, read_expert_info
 
 from .batching import MicroBatcher, chunked
-from .engine import SampleOutput, StateSample, TierEngine, TokenSample, pad_hidden
+from .engine import TierEngine, TokenSample, pad_hidden
 from .handoff import HandoffFailed, InputError, make_client, post_handoff
 from .metrics import ServiceMetrics
-from .policy import ThresholdPolicy, check_decisions, load_policy, read_temperatures, softmax, wants_features
+from .policy import ThresholdPolicy, forced_actions, load_policy, read_temperatures, softmax, wants_features
 from .schemas import (
     Answer,
     ClassifyRequest,
@@ -60,18 +77,41 @@ MAX_BUDGET_MS = 3_600_000.0  # HandoffMeta's upper bound
 
 
 @dataclass
-class _Batch:
-    """The samples of one request (or handoff) at one tier, after its layers ran."""
+class _Item:
+    """One sample queued for this tier's batcher: where it enters, and the tier it is forced to (if any)."""
 
-    outputs: list[SampleOutput]
-    seen: np.ndarray  # logits of exits 1..k (this tier's last), [n, k, C]
-    features: np.ndarray | None  # routing features [n, d] for a policy fitted on them, else None
+    sample: SegmentInput
+    force: str | None = None
+
+
+@dataclass
+class _Batch:
+    """The samples of one request (or handoff) at one tier, after their stay here."""
+
+    items: list[_Item]
+    results: list[SegmentResult]
     force: str | None
     start: float
     deadline: float
     request_id: str
     local_ms: float = 0.0
-    distortions: list[str] | None = None  # mobile with experts on: each sample's detected type, sent to edge
+    distortions: list[str] | None = None  # each sample's detected type, sent on (experts on)
+
+
+def parse_stop(label: str) -> tuple[str, int]:
+    """'cloud@4' -> ('cloud', 4)."""
+    tier, _, entry = label.partition("@")
+    if tier not in TIERS or not entry.isdigit():
+        raise ValueError(f"route stop {label!r} is not of the form 'tier@boundary'")
+    return tier, int(entry)
+
+
+def route_stops(route: list[str], depth: int) -> list[Stop]:
+    """The stops of a route given as labels, the answering stop having run to layer `depth`."""
+    parsed = [parse_stop(label) for label in route]
+    return [
+        Stop(tier, entry, parsed[p + 1][1] if p + 1 < len(parsed) else depth) for p, (tier, entry) in enumerate(parsed)
+    ]
 
 
 class TierService:
@@ -83,12 +123,15 @@ class TierService:
         self.run_dir = Path(settings.run_dir)
         self.info = read_run_info(self.run_dir)
         num_layers = self.info.plan.num_layers
-        self.plan: TierPlan = TierPlan.parse(settings.plan, num_layers) if settings.plan else self.info.plan
-        self.first_layer, self.last_layer = self.plan.layer_range(self.tier)
+        self.plan: TierPlan = self._resolve_plan(settings.plan, self.info.plan)
+        # layers whose weights this tier holds (edge 1..e, cloud 1..L by default) and the last one it runs
+        self.first_layer, self.last_layer = self.plan.held_range(self.tier)
+        self.index = TIERS.index(self.tier)
         # The tier holding exit L answers everything (cloud, or edge when e = L and cloud holds no layers).
-        self.is_final = self.last_layer >= num_layers or self.tier == "cloud"
-        self.hop = {"mobile": "mobile_edge", "edge": "edge_cloud"}.get(self.tier)
-        self.next_tier = None if self.is_final else TIERS[TIERS.index(self.tier) + 1]
+        self.is_final = self.index >= final_tier_index(self.plan)
+        self.targets: tuple[str, ...] = tuple(
+            TIERS[t] for t in range(self.index + 1, final_tier_index(self.plan) + 1) if self._can_send(TIERS[t])
+        )
         self.max_tokens = settings.max_tokens or self.info.max_length
         self.temperatures = read_temperatures(self.run_dir, num_layers)
         self.policy, self.policy_name = load_policy(
@@ -110,7 +153,7 @@ class TierService:
         self.engine: TierEngine | None = None
         self.batcher: MicroBatcher | None = None
         self.client: httpx.AsyncClient | None = None
-        # Simulated link towards the next tier (noise on what leaves this tier; air time, loss, retransmission).
+        # Simulated link towards the next tiers (noise on what leaves this tier; air time, loss, retransmission).
         self.channel: Channel | None = None
         if settings.channel_rate_bps is not None or settings.channel_snr_db is not None:
             self.channel = Channel(
@@ -124,6 +167,23 @@ class TierService:
         self._channel_lock = threading.Lock()
         self._channel_noise = torch.Generator().manual_seed(settings.channel_seed)
         self._channel_rng = np.random.default_rng(settings.channel_seed)
+
+    @staticmethod
+    def _resolve_plan(spec: str | None, run_plan: TierPlan) -> TierPlan:
+        """run.json's plan (with its accepted boundaries), or the override 'm,e' (default deployment unless it
+        names run.json's own boundaries)."""
+        if not spec:
+            return run_plan
+        parsed = TierPlan.parse(spec, run_plan.num_layers)
+        return run_plan if parsed.spec == run_plan.spec else parsed
+
+    def _can_send(self, target: str) -> bool:
+        """Whether some action of this tier hands a sample to `target` (a boundary it accepts that this tier
+        can hand on at)."""
+        last = self.plan.held_range(self.tier)[1]
+        lowest = 0 if self.tier == "mobile" else last
+        target_last = self.plan.held_range(target)[1]
+        return any(lowest <= b <= last and b < target_last for b in self.plan.accepts(target))
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def _load_tokenizer(self):
@@ -159,6 +219,8 @@ class TierService:
 
     async def start(self) -> None:
         pad_id = int(getattr(self.tokenizer, "pad_token_id", None) or 0) if self.tokenizer is not None else 0
+        if self.tokenizer is None:
+            pad_id = self._encoder_pad_id()
         self.engine = await asyncio.to_thread(
             TierEngine.load, self.run_dir, self.plan, self.tier, pad_id, self.use_experts
         )
@@ -167,22 +229,32 @@ class TierService:
             raise ValueError(
                 f"max_tokens {self.max_tokens} exceeds the encoder's {positions} positions; lower DIMEE_MAX_TOKENS"
             )
-        run = self.engine.run_tokens if self.tier == "mobile" else self.engine.run_states
+        self.policy_features = wants_features(self.policy, self.engine.hidden_size)
         self.batcher = MicroBatcher(
-            chunked(run, self.settings.max_batch_size),
+            chunked(self._run_items, self.settings.max_batch_size),
             window_s=self.settings.batch_window_ms / 1000,
             max_batch=self.settings.max_batch_size,
             on_batch=lambda size: self.metrics.batch_size.observe(size),
         )
         await self.batcher.start()
-        if self.next_tier is not None and self.settings.next_url:
+        if any(self.settings.url_for(target) for target in self.targets):
             self.client = make_client(self.settings.request_timeout_s, self.settings.connect_timeout_s)
+        links = ", ".join(f"{t}: {self.settings.url_for(t) or 'not configured'}" for t in self.targets)
+        accepts = "texts" if self.tier == "mobile" else f"boundaries {list(self.plan.accepts(self.tier))}"
         log.info(
-            "%s tier ready: layers %d..%d of %d (plan %s), policy: %s, experts: %s, next: %s",
-            self.tier, self.first_layer, self.last_layer, self.plan.num_layers, self.plan.spec, self.policy_name,
-            ", ".join(sorted(self.expert_types - {CLEAN})) if self.use_experts else "off",
-            self.settings.next_url if self.next_tier else "none (final tier)",
+            "%s tier ready: holds layers %d..%d of %d (plan %s), accepts %s, policy: %s, experts: %s, sends to: %s",
+            self.tier, self.first_layer, self.last_layer, self.plan.num_layers, self.plan.spec, accepts,
+            self.policy_name, ", ".join(sorted(self.expert_types - {CLEAN})) if self.use_experts else "off",
+            links or "none (final tier)",
         )  # fmt: skip
+
+    def _encoder_pad_id(self) -> int:
+        """The pad id of the run's encoder config (edge and cloud embed token ids without a tokenizer)."""
+        try:
+            config = json.loads((self.run_dir / "encoder" / "config.json").read_text())
+            return int(config.get("pad_token_id") or 0)
+        except (OSError, ValueError, TypeError):
+            return 0
 
     async def stop(self) -> None:
         if self.batcher is not None:
@@ -197,23 +269,24 @@ class TierService:
         return self.engine is not None and self.batcher is not None
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Model loaded and, where there is a next tier, its /healthz answering."""
+        """Model loaded and, for every tier this one sends samples to and has a URL for, its /healthz answering."""
         checks = {"model": "loaded" if self.loaded else "not loaded", "policy": self.policy_name}
         ready = self.loaded
-        if self.next_tier is None:
+        if not self.targets:
             checks["next_tier"] = "none (final tier)"
-        elif not self.settings.next_url or self.client is None:
-            checks["next_tier"] = "not configured: samples the policy hands off are answered here, degraded"
-        else:
+        for target in self.targets:
+            url = self.settings.url_for(target)
+            key = f"{target}_tier"
+            if not url or self.client is None:
+                checks[key] = f"not configured: samples the policy sends to {target} are answered here, degraded"
+                continue
             try:
-                response = await self.client.get(
-                    f"{self.settings.next_url}/healthz", timeout=self.settings.readiness_timeout_s
-                )
+                response = await self.client.get(f"{url}/healthz", timeout=self.settings.readiness_timeout_s)
                 ok = response.status_code == 200
-                checks["next_tier"] = "reachable" if ok else f"answered {response.status_code}"
+                checks[key] = "reachable" if ok else f"answered {response.status_code}"
             except httpx.HTTPError as err:
                 ok = False
-                checks["next_tier"] = f"unreachable ({type(err).__name__})"
+                checks[key] = f"unreachable ({type(err).__name__})"
             ready = ready and ok
         return ready, checks
 
@@ -222,32 +295,72 @@ class TierService:
             raise InputError(503, f"the {self.tier} tier is not ready (model not loaded)")
         return self.batcher
 
+    # ---- the tier's stay: layers one at a time, the policy asked at each depth ---------------------------
+    def _run_items(self, items: list[_Item]) -> list[SegmentResult]:
+        """One micro-batch through `tiers.run_tier_segment` (worker thread): forced samples follow their forced
+        route, the others the policy's step (the built-in rule where the policy fails)."""
+        assert self.engine is not None
+        forces = [item.force for item in items]
+
+        def decide(local: np.ndarray, seen: np.ndarray, feats: np.ndarray | None, depth: int) -> np.ndarray:
+            actions = np.zeros(local.size, dtype=np.int64)
+            kinds = np.array([forces[i] or "" for i in local])
+            for force in sorted(set(kinds.tolist()) - {""}):
+                rows = np.flatnonzero(kinds == force)
+                actions[rows] = forced_actions(self.plan, force, self.tier, depth, rows.size)
+            rows = np.flatnonzero(kinds == "")
+            if rows.size:
+                actions[rows] = self._policy_step(seen[rows], depth, None if feats is None else feats[rows])
+            return actions
+
+        return self.engine.run_segment([item.sample for item in items], decide)
+
+    def _policy_step(self, seen: np.ndarray, depth: int, features: np.ndarray | None) -> np.ndarray:
+        """The policy's actions at this depth (validated); the built-in rule if the policy fails."""
+        try:
+            raw = self.policy.step(seen, self.tier, depth, features if self.policy_features else None)
+            actions = check_actions(np.asarray(raw), self.plan, self.tier, depth)
+            if actions.shape != (seen.shape[0],):
+                raise RouteError(f"policy returned {actions.shape[0]} actions for {seen.shape[0]} samples")
+            return actions
+        except Exception:  # noqa: BLE001 - a policy bug must not lose the request
+            log.exception(
+                "policy %s failed at %s after layer %d; using the built-in rule", self.policy_name, self.tier, depth
+            )
+            self.metrics.policy_errors.inc()
+            return self.fallback_policy.step(seen, self.tier, depth)
+
     # ---- mobile: texts in --------------------------------------------------------------------------------
     async def classify(self, payload: dict, request_id: str) -> ClassifyResponse:
         start = time.perf_counter()
         deadline = start + self.settings.request_timeout_s
         batcher = self._require_batcher()
         texts, pairs, force = self.parse_inputs(payload)
-        samples = await asyncio.to_thread(self._tokenize, texts, pairs)
+        tokens = await asyncio.to_thread(self._tokenize, texts, pairs)
         distortions = None
         if self.detector is not None:
             distortions = await asyncio.to_thread(self._detect, texts, pairs)
-            samples = [replace(sample, distortion=kind) for sample, kind in zip(samples, distortions)]
-        outputs = await batcher.submit(samples)
-        own = np.stack([out.exit_logits for out in outputs])
-        features = np.stack([out.feature for out in outputs]).astype(np.float64)
-        routing = features if wants_features(self.policy, features.shape[1]) else None
-        batch = _Batch(outputs, own, routing, force, start, deadline, request_id, distortions=distortions)
-        answers = await self._decide_and_route(batch)
+        items = [
+            _Item(
+                SegmentInput(
+                    0, token.input_ids, token.token_type_ids, distortion=None if distortions is None else distortions[i]
+                ),
+                force,
+            )
+            for i, token in enumerate(tokens)
+        ]
+        results = await batcher.submit(items)
+        batch = _Batch(items, results, force, start, deadline, request_id, distortions=distortions)
+        answers = await self._route(batch)
         predictions = [
-            self._prediction(answer, None if distortions is None else distortions[i])
+            self._prediction(answer, len(tokens[i].input_ids), None if distortions is None else distortions[i])
             for i, answer in enumerate(answers)
         ]
         for answer in answers:
             self.metrics.answers.inc(answer.tier, answer.exit, str(answer.degraded).lower())
         total_ms = (time.perf_counter() - start) * 1000
-        tiers_used = ",".join(f"{a.tier}:{a.exit}{'*' if a.degraded else ''}" for a in answers)
-        log.info("classified %d sample(s) [%s] in %.1f ms", len(answers), tiers_used, total_ms)
+        routes = ",".join(f"{'>'.join(a.route)}:{a.exit}{'*' if a.degraded else ''}" for a in answers)
+        log.info("classified %d sample(s) [%s] in %.1f ms", len(answers), routes, total_ms)
         return ClassifyResponse(
             request_id=request_id,
             task=self.info.task,
@@ -350,33 +463,57 @@ class TierService:
         assert self.detector is not None
         return [str(kind) for kind in self.detector.predict(texts, text_pairs=pairs)]
 
-    # ---- edge and cloud: hidden states in -------------------------------------------------------------
+    # ---- edge and cloud: token ids or hidden states in ------------------------------------------------
     async def handoff(
-        self, meta: HandoffMeta, body: bytes, request_id: str, start: float
+        self, meta: HandoffMeta, body: bytes, content_type: str, request_id: str, start: float
     ) -> tuple[list[Answer], float]:
-        """Continue a handed-off batch from this tier's first layer; returns answers and ms spent here."""
+        """Continue a handed-off batch from its boundary (token ids: 0; hidden states after layer j: j);
+        returns the answers (routes from this tier on) and the ms spent here."""
         batcher = self._require_batcher()
         engine = self.engine
         assert engine is not None
-        try:
-            handoff = await asyncio.to_thread(
-                decode_handoff,
-                body,
-                engine.hidden_size,
-                self.first_layer,
-                self.settings.max_texts,
-                self.max_tokens,
-                tuple(self.settings.accepted_encodings),
+        accepted = self.plan.accepts(self.tier)
+        if content_type == TOKENS_CONTENT_TYPE:
+            if 0 not in accepted or not engine.accepts_tokens:
+                raise InputError(
+                    422, f"the {self.tier} tier does not accept token ids (boundary 0); it accepts boundaries {list(accepted)}"
+                )
+            try:
+                tokens = await asyncio.to_thread(
+                    decode_tokens, body, engine.vocab_size, self.settings.max_texts, self.max_tokens
+                )
+            except HandoffFormatError as err:
+                raise InputError(400, f"invalid token-id body: {err}") from err
+            types = engine.type_vocab_size
+            if types and any(t >= types for seq in tokens.token_type_ids for t in seq):
+                raise InputError(400, f"invalid token-id body: token type ids must lie in 0..{types - 1}")
+            boundary, size = 0, len(tokens.input_ids)
+        else:
+            try:
+                handoff = await asyncio.to_thread(
+                    decode_handoff,
+                    body,
+                    engine.hidden_size,
+                    None,
+                    self.settings.max_texts,
+                    self.max_tokens,
+                    tuple(self.settings.accepted_encodings),
+                )
+            except HandoffFormatError as err:
+                raise InputError(400, f"invalid handoff body: {err}") from err
+            boundary, size = handoff.next_layer - 1, int(handoff.hidden.shape[0])
+        if boundary not in accepted or boundary >= self.last_layer:
+            raise InputError(
+                422,
+                f"the {self.tier} tier does not accept samples at boundary {boundary} (body continues at layer "
+                f"{boundary + 1}); it accepts boundaries {list(accepted)} (0 = token ids, j = hidden states after layer j)",
             )
-        except HandoffFormatError as err:
-            raise InputError(400, f"invalid handoff body: {err}") from err
-        size = int(handoff.hidden.shape[0])
         if meta.n != size:
             raise InputError(422, f"X-DIMEE-Meta declares {meta.n} samples but the body holds {size}")
-        if meta.prior_exits != self.first_layer - 1:
-            detail = f"X-DIMEE-Meta carries {meta.prior_exits} prior exits; this tier starts at layer "
-            detail += str(self.first_layer)
-            raise InputError(422, detail)
+        if meta.prior_exits != boundary:
+            raise InputError(
+                422, f"X-DIMEE-Meta carries {meta.prior_exits} prior exits; a body at boundary {boundary} needs {boundary}"
+            )
         if meta.num_labels != self.info.num_labels:
             raise InputError(
                 422, f"X-DIMEE-Meta has {meta.num_labels} labels per exit; this model has {self.info.num_labels}"
@@ -386,19 +523,39 @@ class TierService:
             features = meta.feature_array()
         except ValueError as err:
             raise InputError(400, f"invalid X-DIMEE-Meta: {err}") from err
+        if features is not None and features.shape[1] != engine.hidden_size:
+            raise InputError(
+                422, f"X-DIMEE-Meta features have width {features.shape[1]}; this model's is {engine.hidden_size}"
+            )
         distortions = self._check_distortions(meta.distortions, size)
         self.metrics.received_bytes.inc(amount=len(body))
-        counts = handoff.attention_mask.sum(dim=1).tolist()
-        states = [StateSample(handoff.hidden[i, :count], distortions[i]) for i, count in enumerate(counts)]
+        samples = []
+        for i in range(size):
+            feature = None if features is None else features[i].astype(np.float32)
+            if boundary == 0:
+                sample = SegmentInput(
+                    0, tokens.input_ids[i], tokens.token_type_ids[i], feature=feature, distortion=distortions[i]
+                )
+            else:
+                count = int(handoff.attention_mask[i].sum())
+                sample = SegmentInput(
+                    boundary,
+                    hidden=handoff.hidden[i, :count],
+                    prior_logits=prior[i],
+                    feature=feature,
+                    distortion=distortions[i],
+                )
+            samples.append(sample)
+        items = [_Item(sample, meta.force_tier) for sample in samples]
         deadline = start + min(self.settings.request_timeout_s, meta.budget_ms / 1000)
-        outputs = await batcher.submit(states)
-        seen = np.concatenate([prior, np.stack([out.exit_logits for out in outputs])], axis=1)
-        batch = _Batch(outputs, seen, features, meta.force_tier, start, deadline, request_id)
-        answers = await self._decide_and_route(batch)
+        results = await batcher.submit(items)
+        relayed = None if meta.distortions is None else list(meta.distortions)
+        batch = _Batch(items, results, meta.force_tier, start, deadline, request_id, distortions=relayed)
+        answers = await self._route(batch)
         for answer in answers:
             self.metrics.answers.inc(answer.tier, answer.exit, str(answer.degraded).lower())
         server_ms = (time.perf_counter() - start) * 1000
-        log.info("handoff of %d sample(s) from layer %d answered in %.1f ms", size, self.first_layer, server_ms)
+        log.info("handoff of %d sample(s) at boundary %d answered in %.1f ms", size, boundary, server_ms)
         return answers, server_ms
 
     def _check_distortions(self, distortions: list[str] | None, n: int) -> list[str | None]:
@@ -412,51 +569,54 @@ class TierService:
             raise InputError(422, f"X-DIMEE-Meta names distortion type(s) {unknown}; this tier knows: {known}")
         return list(distortions)
 
-    # ---- shared: decide, answer, hand off -------------------------------------------------------------
-    async def _decide_and_route(self, batch: _Batch) -> list[Answer]:
+    # ---- shared: answer, hand off -----------------------------------------------------------------------
+    def _entry(self, batch: _Batch, i: int) -> int:
+        return int(batch.items[i].sample.entry)
+
+    async def _route(self, batch: _Batch) -> list[Answer]:
+        """Answers of the samples that answered here; the others are handed off, grouped by (tier, boundary)."""
         batch.local_ms = (time.perf_counter() - batch.start) * 1000
-        decisions = self._decide(batch)
-        answers: list[Answer | None] = [None] * len(batch.outputs)
-        for i in np.flatnonzero(decisions):
-            answers[i] = self._answer(batch.seen[i], int(decisions[i]), wall_ms={self.tier: batch.local_ms})
-        pending = np.flatnonzero(decisions == 0)
-        if pending.size:
-            size = self._handoff_group_size(batch)
-            groups = [pending[i : i + size] for i in range(0, pending.size, size)]
-            results = await asyncio.gather(*(self._forward(batch, group) for group in groups))
-            for group, forwarded in zip(groups, results):
+        answers: list[Answer | None] = [None] * len(batch.results)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, result in enumerate(batch.results):
+            if result.action > 0:
+                answers[i] = self._answer(
+                    result.logits, result.action, result.depth, self._entry(batch, i), {self.tier: batch.local_ms}
+                )
+            else:
+                groups.setdefault((TIERS[handoff_target(result.action)], result.depth), []).append(i)
+        jobs = []
+        for (target, boundary), members in sorted(groups.items()):
+            size = self._handoff_group_size(batch, members, boundary)
+            for first in range(0, len(members), size):
+                jobs.append((target, boundary, np.array(members[first : first + size], dtype=np.int64)))
+        if jobs:
+            results = await asyncio.gather(*(self._forward(batch, t, b, g) for t, b, g in jobs))
+            for (_, _, group), forwarded in zip(jobs, results):
                 for i, answer in zip(group, forwarded):
                     answers[i] = answer
         return [answer for answer in answers if answer is not None]
 
-    def _decide(self, batch: _Batch) -> np.ndarray:
-        """Exit per sample (0 = hand off): forced, or the policy's (validated; built-in rule if it fails)."""
-        seen, force = batch.seen, batch.force
-        n, k, _ = seen.shape
-        if self.is_final:
-            if force is not None:
-                return np.full(n, k, dtype=np.int64)
-        elif force is not None:
-            answer_here = TIERS.index(force) <= TIERS.index(self.tier)
-            return np.full(n, k if answer_here else 0, dtype=np.int64)
-        try:
-            raw = self.policy.decide(seen, self.tier, batch.features)
-            decisions = check_decisions(raw, n, self.first_layer, self.last_layer)
-        except Exception:  # noqa: BLE001 - a policy bug must not lose the request
-            log.exception("policy %s failed at %s; using the built-in rule for this batch", self.policy_name, self.tier)
-            self.metrics.policy_errors.inc()
-            decisions = self.fallback_policy.decide(seen, self.tier)
-        if self.is_final:
-            decisions = np.where(decisions == 0, k, decisions)
-        return decisions
-
     def _answer(
-        self, logits_seen: np.ndarray, exit_index: int, wall_ms: dict[str, float], reason: str | None = None
+        self,
+        logits_seen: np.ndarray,
+        exit_index: int,
+        depth: int,
+        entry: int,
+        wall_ms: dict[str, float],
+        reason: str | None = None,
     ) -> Answer:
-        """The answer at `exit_index` (1-based) from one sample's logits of exits 1..k."""
+        """The answer at `exit_index` (1-based) from one sample's logits of exits 1..depth, given here after
+        entering at boundary `entry` and running to layer `depth`."""
         row = logits_seen[exit_index - 1]
         common = dict(
-            exit=exit_index, tier=self.tier, degraded=reason is not None, degraded_reason=reason, wall_ms=wall_ms
+            exit=exit_index,
+            tier=self.tier,
+            degraded=reason is not None,
+            degraded_reason=reason,
+            route=[f"{self.tier}@{entry}"],
+            depth=int(depth),
+            wall_ms=wall_ms,
         )
         if self.info.num_labels == 1:
             return Answer(label=None, label_name=None, probabilities=None, score=float(row[0]), **common)
@@ -470,46 +630,50 @@ class TierService:
             **common,
         )
 
-    def _handoff_group_size(self, batch: _Batch) -> int:
+    def _handoff_group_size(self, batch: _Batch, members: list[int], boundary: int) -> int:
         """Most samples per handoff request such that X-DIMEE-Meta stays under max_meta_bytes (prior logits
         and routing features grow with the batch) and the receiver's max_texts is respected."""
-        _, k, classes = batch.seen.shape
-        width = 0 if batch.features is None else int(batch.features.shape[1])
-        per_sample = 4 * (4 * (k * classes + width)) // 3 + 8  # base64 of float32
+        classes = int(self.info.num_labels)
+        width = 0
+        if self.policy_features and members and batch.results[members[0]].feature is not None:
+            width = int(np.asarray(batch.results[members[0]].feature).shape[0])
+        per_sample = 4 * (4 * (boundary * classes + width)) // 3 + 8  # base64 of float32
         if batch.distortions is not None:
             per_sample += 4 + max(len(kind) for kind in batch.distortions)  # a quoted name and a comma
         room = max(1, (self.settings.max_meta_bytes - 1024) // per_sample)
         return int(min(room, self.settings.max_texts))
 
-    async def _forward(self, batch: _Batch, group: np.ndarray) -> list[Answer]:
-        """Hand the `group` samples to the next tier; on any failure answer them here, at the deepest exit."""
-        assert self.hop is not None and self.next_tier is not None and self.engine is not None
-        hop, engine = self.hop, self.engine
-        encoding = self.settings.handoff_encoding
+    async def _forward(self, batch: _Batch, target: str, boundary: int, group: np.ndarray) -> list[Answer]:
+        """Hand the `group` samples to `target` at `boundary`; on any failure answer them here, degraded: at
+        the deepest exit computed, or (handed off before any layer) after running this tier's own layers."""
+        assert self.engine is not None
+        hop = f"{self.tier}_{target}"
         sent = time.perf_counter()
         try:
-            response, rtt_ms = await self._send(batch, group, batch.deadline - sent)
+            response, rtt_ms = await self._send(batch, target, boundary, group, batch.deadline - sent)
         except Exception as err:  # noqa: BLE001 - whatever went wrong, the samples are answered here
             if isinstance(err, HandoffFailed):
                 failure = err
             else:
-                log.exception("handoff to %s failed unexpectedly", self.next_tier)
+                log.exception("handoff to %s failed unexpectedly", target)
                 failure = HandoffFailed("internal", f"{type(err).__name__}: {err}")
             self.metrics.handoffs.inc(hop, failure.category)
             self.metrics.degraded.inc(failure.category, amount=len(group))
             log.warning("%d sample(s) answered at %s, degraded: %s", len(group), self.tier, failure.detail)
-            waited_ms = (time.perf_counter() - sent) * 1000
-            reason = f"{self.next_tier} tier failed: {failure.detail}"
-            wall = {self.tier: batch.local_ms, hop: waited_ms}
-            return [self._answer(batch.seen[i], batch.seen.shape[1], wall, reason) for i in group]
+            reason = f"{target} tier failed: {failure.detail}"
+            return await self._answer_here(batch, group, hop, sent, reason)
         self.metrics.handoffs.inc(hop, "ok")
         hop_ms = max(0.0, rtt_ms - response.server_ms)
+        encoding = self.settings.handoff_encoding
+        hidden = self.engine.hidden_size
         forwarded = []
         for i, answer in zip(group, response.answers):
-            sample_bytes = payload_size([batch.outputs[i].token_count], engine.hidden_size, encoding)
+            result = batch.results[i]
+            sample_bytes = hop_payload_size([result.token_count], boundary, hidden, encoding)
             forwarded.append(
                 answer.model_copy(
                     update={
+                        "route": [f"{self.tier}@{self._entry(batch, i)}", *answer.route],
                         "bytes_per_hop": {hop: sample_bytes, **answer.bytes_per_hop},
                         "wall_ms": {self.tier: batch.local_ms, hop: hop_ms, **answer.wall_ms},
                     }
@@ -517,25 +681,70 @@ class TierService:
             )
         return forwarded
 
-    async def _send(self, batch: _Batch, group: np.ndarray, remaining_s: float) -> tuple[HandoffResponse, float]:
-        """Encode and POST one group; HandoffFailed when there is no next tier or no time left."""
-        assert self.hop is not None
-        if not self.settings.next_url or self.client is None:
-            raise HandoffFailed("no_next_tier", "no next tier configured (next_url)")
+    async def _answer_here(
+        self, batch: _Batch, group: np.ndarray, hop: str, sent: float, reason: str
+    ) -> list[Answer]:
+        """Degraded answers of a group whose handoff failed."""
+        answers: dict[int, Answer] = {}
+        rerun = [int(i) for i in group if batch.results[i].depth == 0]  # no exit computed yet
+        for i in group:
+            result = batch.results[i]
+            if result.depth > 0:
+                wall = {self.tier: batch.local_ms, hop: (time.perf_counter() - sent) * 1000}
+                answers[int(i)] = self._answer(
+                    result.logits, result.depth, result.depth, self._entry(batch, int(i)), wall, reason
+                )
+        if rerun:
+            items = [replace(batch.items[i], force=self.tier) for i in rerun]
+            try:
+                results = await self._require_batcher().submit(items)
+            except Exception as err:  # noqa: BLE001
+                raise InputError(503, f"the {self.tier} tier could not answer after a failed handoff: {err}") from err
+            wall = {self.tier: (time.perf_counter() - batch.start) * 1000, hop: (time.perf_counter() - sent) * 1000}
+            for i, result in zip(rerun, results):
+                answers[i] = self._answer(
+                    result.logits, result.action, result.depth, self._entry(batch, i), wall, reason
+                )
+        return [answers[int(i)] for i in group]
+
+    async def _send(
+        self, batch: _Batch, target: str, boundary: int, group: np.ndarray, remaining_s: float
+    ) -> tuple[HandoffResponse, float]:
+        """Encode and POST one group; HandoffFailed when there is no URL for `target` or no time left."""
+        url = self.settings.url_for(target)
+        if not url or self.client is None:
+            setting = "next_url" if (self.tier == "edge" or target == "edge") else "cloud_url"
+            raise HandoffFailed("no_next_tier", f"no next tier configured for {target} ({setting})")
         if remaining_s < MIN_HANDOFF_BUDGET_S:
             raise HandoffFailed("deadline", "request deadline reached before the handoff")
         wait_s = remaining_s * WAIT_SHARE
-        encoding = self.settings.handoff_encoding
-        body = await asyncio.to_thread(self._encode, [batch.outputs[i].hidden for i in group], encoding)
+        hop = f"{self.tier}_{target}"
+        results = [batch.results[i] for i in group]
+        if boundary == 0:
+            body = encode_tokens(
+                [r.input_ids for r in results],
+                None if any(r.token_type_ids is None for r in results) else [r.token_type_ids for r in results],
+                self.engine.vocab_size,
+            )
+            content_type = TOKENS_CONTENT_TYPE
+        else:
+            states = [r.hidden for r in results]
+            body = await asyncio.to_thread(self._encode, states, self.settings.handoff_encoding, boundary)
+            content_type = CONTENT_TYPE
         kinds = None if batch.distortions is None else [batch.distortions[i] for i in group]
+        features = None
+        if self.policy_features and all(r.feature is not None for r in results):
+            features = np.stack([np.asarray(r.feature) for r in results])
+        num_labels = int(self.info.num_labels)
+        prior = np.stack([r.logits[:boundary] for r in results]) if boundary else np.zeros((len(group), 0, num_labels))
         meta = HandoffMeta.build(
-            batch.seen[group],
+            prior,
             budget_ms=min(wait_s * WAIT_SHARE * 1000, MAX_BUDGET_MS),
             force_tier=batch.force,
-            features=None if batch.features is None else batch.features[group],
+            features=features,
             distortions=None if kinds is None or all(kind == CLEAN for kind in kinds) else kinds,  # absent: clean
         )
-        self.metrics.handoff_bytes.inc(self.hop, amount=len(body))
+        self.metrics.handoff_bytes.inc(hop, amount=len(body))
         if self.channel is not None and self.settings.channel_rate_bps is not None:
             with self._channel_lock:
                 outcome = self.channel.simulate_transmission(len(body), self._channel_rng)
@@ -547,22 +756,35 @@ class TierService:
             if not outcome.delivered:
                 raise HandoffFailed("channel", "simulated link lost a packet beyond its retransmission limit")
         return await post_handoff(
-            self.client, self.settings.next_url, self.settings.token, batch.request_id, body, meta, wait_s, len(group)
+            self.client,
+            url,
+            self.settings.token,
+            batch.request_id,
+            body,
+            meta,
+            wait_s,
+            len(group),
+            content_type=content_type,
         )
 
-    def _encode(self, states: list[torch.Tensor], encoding: str) -> bytes:
+    def _encode(self, states: list[torch.Tensor], encoding: str, boundary: int | None = None) -> bytes:
+        """Hidden states after layer `boundary` (default: this tier's last) as they leave this tier: with the
+        simulated link's noise, if any, then the codec (`tiers.channel.send_hidden_states`)."""
         hidden, mask = pad_hidden(states)
-        if self.channel is not None and self.channel.snr_db is not None:
-            with self._channel_lock:  # noise acts on what leaves this tier, right before it is encoded
-                hidden = self.channel.apply_noise(hidden, mask, self._channel_noise)
-        return encode_handoff(hidden, mask, self.last_layer + 1, encoding)
+        boundary = self.last_layer if boundary is None else int(boundary)
+        snr = None if self.channel is None else self.channel.snr_db
+        with self._channel_lock:  # one noise stream per tier, drawn in handoff order
+            return send_hidden_states(hidden, mask, boundary + 1, encoding, snr, self._channel_noise)
 
     # ---- cost ----------------------------------------------------------------------------------------------
-    def _prediction(self, answer: Answer, distortion: str | None = None) -> Prediction:
-        """The response entry: the answer with its cost, charged for every layer the path actually ran
-        (a tier runs all its layers before the policy decides, so that is the answering tier's last layer)."""
-        deepest = self.plan.layer_range(answer.tier)[1]
-        breakdown = self.info.cost_model.breakdown(self.plan, deepest, answer.bytes_per_hop)
+    def _prediction(self, answer: Answer, token_count: int, distortion: str | None = None) -> Prediction:
+        """The response entry: the answer with its cost, `tiers.CostModel.route_breakdown` of its route (every
+        layer each stop ran, the exact bytes of each hop), normalised by the all-cloud reference route carrying
+        this sample's token ids."""
+        stops = route_stops(answer.route, answer.depth)
+        breakdown = self.info.cost_model.route_breakdown(
+            self.plan, stops, answer.bytes_per_hop, reference_bytes=token_payload_size([token_count])
+        )
         cost = CostReport(
             layers=breakdown["layers"],
             bytes_per_hop=answer.bytes_per_hop,
@@ -579,6 +801,7 @@ class TierService:
             score=answer.score,
             exit=answer.exit,
             tier=answer.tier,
+            route=answer.route,
             degraded=answer.degraded,
             degraded_reason=answer.degraded_reason,
             distortion=distortion,

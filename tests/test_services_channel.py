@@ -85,7 +85,7 @@ def test_lossy_link_beyond_retransmissions_degrades_to_a_local_answer(run_dir):
         request_timeout_s=5.0,
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:
-        response = client.post("/v1/classify", json={"texts": ["good", "bad film"], "force_tier": "cloud"})
+        response = client.post("/v1/classify", json={"texts": ["good", "bad film"], "force_tier": "edge"})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert all(p["degraded"] and p["tier"] == "mobile" for p in predictions)

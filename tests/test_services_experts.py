@@ -118,9 +118,9 @@ def test_type_travels_to_edge_and_edge_uses_its_experts(run_dir, texts, monkeypa
     edge_settings = TierSettings(run_dir=run_dir, tier="edge", handoff_token=TOKEN, batch_window_ms=1, experts=True)
     with TestClient(create_app(edge_settings), raise_server_exceptions=False) as edge:
 
-        async def to_edge(client, base_url, token, request_id, body, meta, timeout_s, expected):
+        async def to_edge(client, base_url, token, request_id, body, meta, timeout_s, expected, content_type=CONTENT_TYPE):
             sent.append(meta)
-            headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": token, "X-DIMEE-Meta": meta.model_dump_json()}
+            headers = {"Content-Type": content_type, "X-DIMEE-Token": token, "X-DIMEE-Meta": meta.model_dump_json()}
             response = await asyncio.to_thread(edge.post, "/v1/handoff", content=body, headers=headers)
             assert response.status_code == 200, response.text
             return HandoffResponse.model_validate_json(response.content), 1.0

@@ -175,12 +175,22 @@ def test_valid_handoff_is_answered(edge, encoding):
 
 def test_handoff_groups_keep_the_meta_header_small(mobile):
     from services.tier import _Batch
+    from tiers import SegmentResult
 
     service = mobile.app.state.service
-    batch = _Batch([], np.zeros((200, 2, 2)), None, None, 0.0, 1.0, "r")
-    assert service._handoff_group_size(batch) == service.settings.max_texts  # small logits: limited by max_texts
-    batch.features = np.zeros((200, 4096))  # wide routing features: ~22 KB of base64 per sample
-    size = service._handoff_group_size(batch)
+
+    def batch(width):
+        feature = None if width is None else np.zeros(width, np.float32)
+        results = [SegmentResult(-1, 2, np.zeros((2, 2), np.float32), None, feature, 5) for _ in range(200)]
+        return _Batch([], results, None, 0.0, 1.0, "r")
+
+    members = list(range(200))
+    assert service._handoff_group_size(batch(None), members, 2) == service.settings.max_texts  # limited by max_texts
+    service.policy_features = True  # a policy fitted on wide routing features: ~22 KB of base64 per sample
+    try:
+        size = service._handoff_group_size(batch(4096), members, 2)
+    finally:
+        service.policy_features = False
     assert size >= 1 and size * (4 * 4 * (4 + 4096) // 3) <= service.settings.max_meta_bytes
 
 
@@ -197,7 +207,7 @@ def _bad_handoffs():
         "empty body": (b"", _handoff_headers(meta), 400),
         "truncated body": (body[:-7], _handoff_headers(meta), 400),
         "wrong hidden size": (_handoff_parts(hidden=16)[0], _handoff_headers(meta), 400),
-        "wrong next layer": (_handoff_parts(next_layer=5)[0], _handoff_headers(meta), 400),
+        "boundary not accepted": (_handoff_parts(next_layer=5)[0], _handoff_headers(meta), 422),
         "encoding not accepted": (_handoff_parts(encoding="int8")[0], _handoff_headers(meta), 400),
         "meta count mismatch": (_handoff_parts(counts=(4, 4, 4))[0], _handoff_headers(meta), 422),
         "meta prior exits mismatch": (body, _handoff_headers(_handoff_parts(prior_exits=3)[1]), 422),
@@ -296,11 +306,13 @@ def test_slow_or_failing_next_tier_gives_degraded_answer_within_deadline(run_dir
     settings = TierSettings(run_dir=run_dir, tier="mobile", next_url=url, handoff_token=TOKEN, request_timeout_s=0.8)
     with TestClient(create_app(settings)) as client:
         start = time.monotonic()
-        response = client.post("/v1/classify", json={"texts": ["good", "bad film"], "force_tier": "cloud"})
+        # forced to edge: the token ids go straight to the (fake) edge; when it fails, mobile runs its layers
+        response = client.post("/v1/classify", json={"texts": ["good", "bad film"], "force_tier": "edge"})
         elapsed = time.monotonic() - start
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert all(p["degraded"] and p["tier"] == "mobile" and p["exit"] == 2 for p in predictions)
+    assert all(p["route"] == ["mobile@0"] and p["cost"]["layers"]["mobile"] == 2 for p in predictions)
     reason = predictions[0]["degraded_reason"]
     assert ("did not answer" in reason) if mode == "hang" else ("500" in reason and "boom" in reason)
     assert elapsed < 0.8 + 1.0  # the deadline, plus generous slack for a loaded 2-core machine
@@ -385,17 +397,19 @@ def test_padded_batch_equals_samples_alone(run_dir):
 
 # ---- policy and temperatures -------------------------------------------------------------------------------
 def test_threshold_policy():
+    from tiers import HANDOFF_EDGE
+
     plan = TierPlan(2, 4, 6)
     policy = ThresholdPolicy(plan, threshold=0.8)
     seen = np.zeros((3, 2, 2))
     seen[0, -1] = [0.0, 5.0]  # confident at exit 2
     seen[1, -1] = [0.0, 0.1]
     seen[2, 0] = [0.0, 9.0]  # confident at exit 1 only: the rule looks at the tier's last exit
-    assert policy.decide(seen, "mobile").tolist() == [2, 0, 0]
-    assert policy.decide(np.zeros((2, 6, 2)), "cloud").tolist() == [6, 6]
-    assert policy.decide(np.zeros((2, 2, 1)), "mobile").tolist() == [0, 0]  # regression: always to the last tier
+    assert policy.step(seen, "mobile", 2).tolist() == [2, HANDOFF_EDGE, HANDOFF_EDGE]
+    assert policy.step(np.zeros((2, 6, 2)), "cloud", 6).tolist() == [6, 6]
+    assert policy.step(np.zeros((2, 2, 1)), "mobile", 2).tolist() == [HANDOFF_EDGE] * 2  # regression: go on
     cooled = ThresholdPolicy(plan, threshold=0.8, temperatures=np.full(6, 10.0))
-    assert cooled.decide(seen, "mobile").tolist() == [0, 0, 0]
+    assert cooled.step(seen, "mobile", 2).tolist() == [HANDOFF_EDGE] * 3
 
 
 def test_load_policy_uses_the_runs_fitted_policy(tmp_path, monkeypatch):
@@ -405,8 +419,8 @@ def test_load_policy_uses_the_runs_fitted_policy(tmp_path, monkeypatch):
     (tmp_path / "policy.json").write_text(json.dumps({"policy": "Fake"}))
 
     class Fake:
-        def decide(self, logits_seen, tier, features=None):
-            return np.full(logits_seen.shape[0], logits_seen.shape[1])
+        def step(self, logits_seen, tier, depth, features=None):
+            return np.full(logits_seen.shape[0], depth)
 
         def check_plan(self, other):
             if other != plan:
