@@ -1,6 +1,7 @@
 """The three tiers as real uvicorn processes on loopback: answers equal the one-process model, cost fields
 add up, concurrent requests are batched and answered correctly, and a tier going down degrades, never fails.
-A fitted DIMEE policy (clustering) served by real uvicorn servers routes every sample as its offline predict.
+A fitted DIMEE policy (clustering) served by three real uvicorn processes routes and costs every sample as its
+offline outcome, direct routes (token ids straight to cloud) included.
 
 The fault tests stop tiers, so they run last (pytest keeps file order)."""
 
@@ -8,25 +9,20 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from services import TierSettings, create_app, start_all
-from services.launch import free_port
+from services import start_all
 from services.policy import softmax
 from tests.factories import tiny_run_folder
-from tiers import CostModel, EarlyExitModel, TierPlan, load_tier_part, payload_size
+from services.tier import parse_stop
+from tiers import CostModel, EarlyExitModel, TierPlan, token_payload_size
 
 pytestmark = pytest.mark.services
 
@@ -85,6 +81,41 @@ def _classify(client, group, body, **headers):
     return response.json()
 
 
+# ---- a fitted policy (clustering) routes the same way online as offline (its own three processes, started and
+# stopped before the module's group starts: never six processes at once on a small machine) -------------------
+def test_fitted_policy_routes_and_costs_as_offline_through_three_processes(tmp_path):
+    """policy.json with DIMEE on embedding features, served by three real uvicorn processes: some samples go as
+    token ids straight to cloud (or edge), some answer on mobile; every answer's route, exit, label and
+    normalised cost equal the policy's offline outcome, costed by `CostModel.path_costs` (max abs difference
+    <= 1e-9), for the whole request at once and for each text alone."""
+    from clustering import DimeePolicy
+    from tests.test_services_routes import _check_served, _group_b, _offline, _reference, _texts, biased_run
+
+    run = biased_run(tmp_path / "run")
+    fit_texts, texts = _texts(80, 1), _texts(16, 2)
+    logits, features, _ = _reference(run, fit_texts)
+    policy = DimeePolicy(
+        plan=PLAN, cost_model=CostModel(), feature="embedding", k_grid=(2, 3), n_folds=2, n_init=2, mu=0.05
+    ).fit(logits, np.where(_group_b(len(fit_texts)), 0, 1), features)
+    (run / "policy.json").write_text(json.dumps(policy.to_dict()))
+    eval_logits, eval_features, counts = _reference(run, texts)
+    data = {"texts": texts, "logits": eval_logits, "features": eval_features, "counts": counts}
+    expected = _offline(policy, data)
+    assert ["mobile@0", "cloud@0"] in expected["routes"]  # the premise: a direct route to cloud is covered
+    env = {"DIMEE_BATCH_WINDOW_MS": "5", "DIMEE_REQUEST_TIMEOUT_S": "30"}
+    with start_all(run, log_dir=tmp_path / "logs", env=env, ready_timeout_s=90) as group:
+        with httpx.Client(timeout=60.0, trust_env=False) as http:
+            together = _classify(http, group, {"texts": texts})
+            alone = [_classify(http, group, {"text": text})["predictions"][0] for text in texts]
+    assert "DimeePolicy" in together["policy"]
+    _check_served(together["predictions"], expected, data)
+    _check_served(alone, expected, data)
+    direct = [p for p in alone if p["route"] == ["mobile@0", "cloud@0"]]
+    assert direct and all(p["cost"]["layers"] == {"mobile": 0, "edge": 0, "cloud": p["exit"]} for p in direct)
+    assert all(set(p["cost"]["bytes_per_hop"]) == {"mobile_cloud"} for p in direct)
+
+
+# ---- the module's three processes, no policy.json ------------------------------------------------------------
 @pytest.mark.parametrize("tier", ["mobile", "edge", "cloud"])
 def test_forced_tier_matches_one_process_model(tiers_up, client, reference, tier):
     logits, _ = reference
@@ -99,21 +130,27 @@ def test_forced_tier_matches_one_process_model(tiers_up, client, reference, tier
 
 @pytest.mark.parametrize("tier", ["mobile", "edge", "cloud"])
 def test_cost_fields_add_up(tiers_up, client, reference, tier):
+    """Forced to edge or cloud, a sample goes there as token ids (the direct route): all-cloud costs exactly 1."""
     _, counts = reference
     cost_model = CostModel()  # tiny_run_folder's cost model
     result = _classify(client, tiers_up, {"texts": TEXTS, "force_tier": tier})
-    hops = {"mobile": [], "edge": ["mobile_edge"], "cloud": ["mobile_edge", "edge_cloud"]}[tier]
-    for count, prediction in zip(counts, result["predictions"]):
+    hops = {"mobile": [], "edge": ["mobile_edge"], "cloud": ["mobile_cloud"]}[tier]
+    route = {"mobile": ["mobile@0"], "edge": ["mobile@0", "edge@0"], "cloud": ["mobile@0", "cloud@0"]}[tier]
+    paths = cost_model.path_costs(PLAN, [tuple(parse_stop(s) for s in route)], token_counts=counts, hidden_size=HIDDEN)
+    for i, (count, prediction) in enumerate(zip(counts, result["predictions"])):
         cost = prediction["cost"]
-        assert cost["bytes_per_hop"] == {hop: payload_size([count], HIDDEN, "fp32") for hop in hops}
-        assert cost["layers"] == {t: (2 if LAST_EXIT[t] <= LAST_EXIT[tier] else 0) for t in LAST_EXIT}
+        assert prediction["route"] == route
+        assert cost["bytes_per_hop"] == {hop: token_payload_size([count]) for hop in hops}
+        assert cost["layers"] == {t: (LAST_EXIT[t] if t == tier else 0) for t in LAST_EXIT}
         parts = sum(cost["compute_units"].values()) + sum(cost["offload_units"].values())
         assert cost["total_units"] == pytest.approx(parts, abs=1e-12)
         assert sorted(cost["offload_units"]) == sorted(hops)
-        assert cost["normalised"] == pytest.approx(cost["total_units"] / cost_model.reference_cost(PLAN))
-        expected_total = cost_model.exit_costs(PLAN)[LAST_EXIT[tier] - 1]  # constant hop costs: no rate set
-        assert cost["total_units"] == pytest.approx(expected_total)
-        wall_keys = {"mobile"} | set(hops) | {t for t in ("edge", "cloud") if LAST_EXIT[t] <= LAST_EXIT[tier]}
+        reference_units = cost_model.reference_units(PLAN, token_payload_size([count]))
+        assert cost["normalised"] == pytest.approx(cost["total_units"] / reference_units, abs=1e-12)
+        assert abs(cost["normalised"] - paths[i, 0, LAST_EXIT[tier] - 1]) <= 1e-9  # the offline accounting
+        if tier == "cloud":
+            assert cost["normalised"] == 1.0
+        wall_keys = {"mobile"} | set(hops) | ({tier} - {"mobile"})
         assert set(cost["wall_ms"]) == wall_keys and all(v >= 0 for v in cost["wall_ms"].values())
 
 
@@ -152,98 +189,25 @@ def test_readiness_and_health(tiers_up, client):
     assert handoff.status_code == 401  # the real processes refuse handoffs without the token
 
 
-# ---- a fitted DIMEE policy (clustering) routes the same way online as offline --------------------------------
-def _reference_with_features(run: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-exit logits [n, L, C] and mean-pooled embedding features [n, d], one text at a time."""
-    tokenizer = AutoTokenizer.from_pretrained(run / "encoder")
-    model = EarlyExitModel.from_pretrained(run)
-    mobile = load_tier_part(run, PLAN, "mobile")
-    logits, features = [], []
-    with torch.no_grad():
-        for text in texts:
-            encoded = tokenizer([text], return_tensors="pt")
-            logits.append(model(**encoded)[0].numpy())
-            out = mobile.run_from_ids(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
-            features.append(out.embedding_feature[0].numpy())
-    return np.stack(logits), np.stack(features).astype(np.float64)
-
-
-@contextmanager
-def _uvicorn_in_thread(app):
-    """Serve `app` on a free loopback port from a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "in-thread server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
-def test_fitted_dimee_policy_routes_as_offline(tmp_path):
-    """policy.json with DIMEE on embedding features: mobile, edge and cloud consult it with the features mobile
-    computed (they travel in X-DIMEE-Meta); every answer's exit equals the policy's offline `predict`.
-    Mobile and edge decide on a whole request at once, so this also checks batched decisions."""
-    clustering = pytest.importorskip("clustering")
-    if not hasattr(clustering, "DimeePolicy"):
-        pytest.skip("clustering.DimeePolicy not available")
-    run = tiny_run_folder(tmp_path / "run")
-    rng = np.random.default_rng(0)
-    # Two vocabularies, so the embedding features form two clear groups. Group A is labelled by mobile's exit
-    # (right at mobile); group B keeps texts where edge's exit disagrees with mobile's and is labelled by edge's
-    # exit (wrong at mobile, right at edge): the fitted policy answers A at mobile and hands B off with features.
-    vocab_a = ["good", "great", "brilliant", "fun", "funny", "love", "like", "music", "cast", "!"]
-    vocab_b = ["bad", "awful", "boring", "dull", "sad", "hate", "not", "script", "ending", "?"]
-    candidates = [
-        " ".join(rng.choice(vocab, size=rng.integers(2, 10))) for vocab in (vocab_a, vocab_b) for _ in range(30)
-    ]
-    logits, features = _reference_with_features(run, candidates)
-    votes = logits.argmax(-1)
-    in_b = np.arange(len(candidates)) >= 30
-    keep = ~in_b | (votes[:, 3] != votes[:, 1])
-    texts = [text for text, kept in zip(candidates, keep) if kept]
-    logits, features, votes, in_b = logits[keep], features[keep], votes[keep], in_b[keep]
-    labels = np.where(in_b, votes[:, 3], votes[:, 1])
-    policy = clustering.DimeePolicy(
-        plan=PLAN, cost_model=CostModel(), feature="embedding", k_grid=(2, 3, 4), n_folds=2, mu=0.05
-    ).fit(logits, labels, features)
-    (run / "policy.json").write_text(json.dumps(policy.to_dict()))
-    expected = policy.predict(logits, features)
-
-    # Edge and cloud as uvicorn servers in threads of this process (cheaper than three more processes).
-    common = {"run_dir": run, "handoff_token": TOKEN}
-    with _uvicorn_in_thread(create_app(TierSettings(tier="cloud", **common))) as cloud_url:
-        with _uvicorn_in_thread(create_app(TierSettings(tier="edge", next_url=cloud_url, **common))) as edge_url:
-            mobile_app = create_app(TierSettings(tier="mobile", next_url=edge_url, **common))
-            with TestClient(mobile_app) as mobile:
-                response = mobile.post("/v1/classify", json={"texts": texts})
-    assert response.status_code == 200, response.text
-    result = response.json()
-    assert "DimeePolicy" in result["policy"]
-    for i, prediction in enumerate(result["predictions"]):
-        assert not prediction["degraded"]
-        assert (prediction["exit"], prediction["tier"]) == (expected[i], PLAN.tier_of_exit(int(expected[i])))
-        probabilities = softmax(logits[i, expected[i] - 1])
-        assert np.abs(np.asarray(prediction["probabilities"]) - probabilities).max() <= 1e-5
-    assert len({p["tier"] for p in result["predictions"]}) > 1  # the check covered a handoff with features
-
-
 # ---- faults (these stop tiers: keep them last) ---------------------------------------------------------------
 def test_cloud_down_edge_answers_degraded(tiers_up, client, reference):
     logits, _ = reference
     tiers_up.stop("cloud")
-    result = _classify(client, tiers_up, {"texts": TEXTS, "force_tier": "cloud"})
+    # the built-in rule hands these (unconfident) samples along the chain: edge answers them at its last exit
+    result = _classify(client, tiers_up, {"texts": TEXTS})
     for i, prediction in enumerate(result["predictions"]):
         assert (prediction["tier"], prediction["exit"], prediction["degraded"]) == ("edge", 4, True)
+        assert prediction["route"] == ["mobile@0", "edge@2"]
         assert "cloud tier failed" in prediction["degraded_reason"]
         assert np.abs(np.asarray(prediction["probabilities"]) - softmax(logits[i, 3])).max() <= 1e-5
+    # forced to cloud: token ids straight there fail, so mobile runs its own layers and answers at m
+    result = _classify(client, tiers_up, {"texts": TEXTS, "force_tier": "cloud"})
+    for i, prediction in enumerate(result["predictions"]):
+        assert (prediction["route"], prediction["exit"], prediction["degraded"]) == (["mobile@0"], 2, True)
+        assert "cloud tier failed" in prediction["degraded_reason"]
+        assert np.abs(np.asarray(prediction["probabilities"]) - softmax(logits[i, 1])).max() <= 1e-5
     assert client.get(f"{tiers_up.urls['edge']}/readyz").status_code == 503
+    assert client.get(f"{tiers_up.mobile_url}/readyz").status_code == 503  # mobile's direct link is down too
 
 
 def test_edge_down_every_request_still_answers(tiers_up, client, reference):

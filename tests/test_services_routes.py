@@ -75,17 +75,21 @@ def _group_b(n: int) -> np.ndarray:
     return np.arange(n) >= n // 2
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def biased_run(folder: Path) -> Path:
     """A tiny random-init run whose mobile exits (1, 2) lean towards class 1, so that a sample labelled 0 is
     right only on edge or cloud (exits 3.. vary with the input): the fitted policies use every tier."""
-    folder = tiny_run_folder(tmp_path_factory.mktemp("run"))
+    tiny_run_folder(folder)
     model = EarlyExitModel.from_pretrained(folder).eval()
     with torch.no_grad():
         for head in list(model.exits)[:2]:
             head.classifier.bias += torch.tensor([-0.7, 0.7])
     model.save_pretrained(folder, tokenizer=tiny_tokenizer())
     return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return biased_run(tmp_path_factory.mktemp("run"))
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
