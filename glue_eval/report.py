@@ -1,11 +1,24 @@
 """Policy comparison at an operating point, from a run's cached logits (no model is run).
 
-Protocol, the same for every policy with a knob (DIMEE's mu, a threshold rule's confidence threshold,
-patience's k): the knob is chosen on the held-out calibration split only, by two-fold cross-fitting
-(fit on one half, measure the accuracy drop on the other, both ways), as the cheapest knob whose drop is
-within the target. The policy is then refitted on the whole calibration split with that knob and scored
-once on the evaluation split. Knob-free baselines (all-*, oracle) and the random baseline (DIMEE's tier
-shares) need no choice.
+Protocol (DESIGN.md section 10), the same for every policy: every choice is made on the fit split (the
+held-out ``calibration`` split carved from train) and the evaluation split (``validation``, the one reported)
+is touched once, to score.
+
+* A policy with a knob (DIMEE's mu, a threshold rule's confidence threshold, patience's k) gets it by
+  two-fold cross-fitting on the fit split (fit on one half, measure the task-metric drop vs the final exit and
+  the cost on the other, both ways): the cheapest knob whose cross-fitted drop is within the target. If no
+  knob meets the target the knob with the smallest cross-fitted drop is used and the row says
+  ``meets_target = False``; such a row is never counted as an operating point. The policy is then refitted
+  on the whole fit split with that knob and scored on the evaluation split.
+* Knob-free policies (all-*, oracle) need no choice; their fit-split figures (``cv_drop``, ``cv_cost``,
+  ``meets_target``) are measured on the whole fit split. The random baseline copies the tier shares DIMEE
+  gives on the fit split.
+* The summary's "best DIMEE" / "best baseline" is, among rows that met the target on the fit split, the one
+  with the lowest cross-fitted (fit-split) cost; its validation figures are then reported, never used to pick.
+* One scoring function, :func:`_score` (``clustering.evaluate_policy`` plus the task's GLUE metric), scores
+  the knob choice, the table, the Pareto curves and the deployed policy. The run's ``temperatures.json``
+  (from ``dimee calibrate``) is applied to every temperature-aware policy, in the report and in the deployed
+  policy alike, by one setting (``use_temperatures``).
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ from clustering import (
     PatiencePolicy,
     RandomTierPolicy,
     ThresholdPolicy,
-    evaluate_exits,
+    evaluate_policy,
 )
 from tiers import CachedSplit, CostModel, TierPlan, read_cached_split, read_run_info
 from tiers.run import POLICY_FILE, read_temperatures
@@ -38,6 +51,11 @@ from .metrics import compute_glue_metrics, predictions_from_logits, primary_metr
 CALIBRATION = "calibration"
 VALIDATION = "validation"
 MU_GRID = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
+DIMEE_VARIANTS = ("dimee", "dimee-edge", "dimee-cascade")
+BASELINES = ("threshold", "entropy", "patience", "all-mobile", "all-edge")  # candidates for "best baseline"
+FIXED = ("all-mobile", "all-edge", "all-cloud")
+RANDOM = "random (DIMEE shares)"
+ORACLE = "oracle"
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,16 @@ class Tunable:
     knobs: Sequence[float]
     build: Callable[[float], ExitPolicy]
     cheaper_first: bool  # True if knobs are ordered from cheapest to dearest
+
+
+@dataclass(frozen=True)
+class KnobChoice:
+    """The knob chosen on the fit split, with its cross-fitted figures there (drop and cost as fractions)."""
+
+    knob: float
+    cv_drop: float
+    cv_cost: float
+    meets_target: bool
 
 
 def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray | None = None) -> list[Tunable]:
@@ -84,61 +112,87 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
     ]
 
 
+def run_temperatures(run_dir: str | Path, num_layers: int, use_temperatures: bool = True) -> np.ndarray | None:
+    """The run's per-exit temperatures (``temperatures.json``) if `use_temperatures` and the file exists."""
+    return read_temperatures(run_dir, num_layers) if use_temperatures else None
+
+
 def _subset(split: CachedSplit, rows: np.ndarray) -> CachedSplit:
     emb = None if split.embedding is None else split.embedding[rows]
     return CachedSplit(split.logits[rows], split.labels[rows], split.token_counts[rows], emb)
 
 
-def _score(policy: ExitPolicy, split: CachedSplit, plan: TierPlan, cost: CostModel, task: str) -> dict:
-    labels = split.labels if getattr(policy, "requires_labels", False) else None
-    exits = policy.predict(split.logits, features=split.embedding, labels=labels)
-    result = evaluate_exits(exits, split.logits, split.labels, plan, cost)
-    chosen = predictions_from_logits(task, split.logits[np.arange(len(exits)), exits - 1])
-    final = predictions_from_logits(task, split.logits[:, -1])
+def _score(policy: ExitPolicy, split: CachedSplit, task: str) -> dict:
+    """The one scoring path: a fitted policy on a cached split -> `clustering.evaluate_policy`'s dict (exits,
+    predictions, normalised cost, tier shares, ...) plus the task's primary GLUE metric of the chosen exits
+    (``metric``) and of the final exit (``final_metric``), as fractions."""
+    result = evaluate_policy(policy, split.logits, split.labels, split.embedding)
     metric = primary_metric(task)
-    result["metric"] = compute_glue_metrics(task, chosen, split.labels)[metric]
+    final = predictions_from_logits(task, split.logits[:, -1])
+    result["metric"] = compute_glue_metrics(task, np.asarray(result["predictions"]), split.labels)[metric]
     result["final_metric"] = compute_glue_metrics(task, final, split.labels)[metric]
-    result["exits"] = exits
     return result
+
+
+def _meets(drop: float, max_drop: float) -> bool:
+    return bool(drop <= max_drop + 1e-12)
+
+
+def cross_fit_knob(
+    family: Tunable, fit: CachedSplit, task: str, max_drop: float, seed: int = 0
+) -> KnobChoice:
+    """Cheapest knob whose two-fold cross-fitted drop of the task metric is <= max_drop (a fraction).
+
+    If none qualifies: the knob with the smallest cross-fitted drop, with ``meets_target=False``.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(fit.labels))
+    halves = (order[: len(order) // 2], order[len(order) // 2 :])
+    parts = [(_subset(fit, a), _subset(fit, b)) for a, b in (halves, halves[::-1])]
+    best: KnobChoice | None = None
+    fallback: KnobChoice | None = None
+    for knob in family.knobs:
+        drops, costs = [], []
+        for part_a, part_b in parts:
+            policy = family.build(knob).fit(part_a.logits, part_a.labels, features=part_a.embedding)
+            scored = _score(policy, part_b, task)
+            drops.append(scored["final_metric"] - scored["metric"])
+            costs.append(scored["normalised_cost"])
+        drop, mean_cost = float(np.mean(drops)), float(np.mean(costs))
+        if fallback is None or drop < fallback.cv_drop:
+            fallback = KnobChoice(knob, drop, mean_cost, False)
+        if _meets(drop, max_drop) and (best is None or mean_cost < best.cv_cost):
+            best = KnobChoice(knob, drop, mean_cost, True)
+    if fallback is None:
+        raise ValueError(f"policy family {family.name!r} has no knobs to choose from")
+    return best if best is not None else fallback
 
 
 def choose_knob(
     family: Tunable, fit: CachedSplit, plan: TierPlan, cost: CostModel, task: str, max_drop: float, seed: int = 0
 ) -> tuple[float, float]:
-    """Cheapest knob whose two-fold cross-fitted drop of the task metric is <= max_drop (points / 100).
-
-    Falls back to the knob with the smallest drop if none qualifies. Returns (knob, cross-fitted drop).
-    """
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(fit.labels))
-    halves = (order[: len(order) // 2], order[len(order) // 2 :])
-    best: tuple[float, float, float] | None = None  # (cost, drop, knob)
-    fallback: tuple[float, float] | None = None
-    for knob in family.knobs:
-        drops, costs = [], []
-        for a, b in (halves, halves[::-1]):
-            part_a, part_b = _subset(fit, a), _subset(fit, b)
-            policy = family.build(knob).fit(part_a.logits, part_a.labels, features=part_a.embedding)
-            scored = _score(policy, part_b, plan, cost, task)
-            drops.append(scored["final_metric"] - scored["metric"])
-            costs.append(scored["normalised_cost"])
-        drop, mean_cost = float(np.mean(drops)), float(np.mean(costs))
-        if fallback is None or drop < fallback[1]:
-            fallback = (knob, drop)
-        if drop <= max_drop and (best is None or mean_cost < best[0]):
-            best = (mean_cost, drop, knob)
-    if best is None:
-        return fallback
-    return best[2], best[1]
+    """(knob, cross-fitted drop) of :func:`cross_fit_knob` (kept for callers that need only those two; the
+    plan and cost model are the family's own). Whether the knob met the target: :func:`cross_fit_knob`."""
+    choice = cross_fit_knob(family, fit, task, max_drop, seed)
+    return choice.knob, choice.cv_drop
 
 
-def _row(name: str, knob, cv_drop, scored: dict, task: str) -> dict:
+def _fit_figures(policy: ExitPolicy, fit: CachedSplit, task: str, max_drop: float) -> KnobChoice:
+    """Fit-split figures of a knob-free policy (no choice to cross-fit: measured on the whole fit split)."""
+    scored = _score(policy, fit, task)
+    drop = float(scored["final_metric"] - scored["metric"])
+    return KnobChoice(float("nan"), drop, float(scored["normalised_cost"]), _meets(drop, max_drop))
+
+
+def _row(name: str, knob, choice: KnobChoice | None, scored: dict, task: str) -> dict:
     shares = scored["tier_shares"]
     return {
         "task": task,
         "policy": name,
         "knob": knob,
-        "cv_drop": None if cv_drop is None else round(100 * cv_drop, 2),
+        "cv_drop": None if choice is None else round(100 * choice.cv_drop, 2),
+        "cv_cost": None if choice is None else round(choice.cv_cost, 4),
+        "meets_target": None if choice is None else bool(choice.meets_target),
         "metric": round(100 * scored["metric"], 2),
         "drop": round(100 * (scored["final_metric"] - scored["metric"]), 2),
         "normalised_cost": round(scored["normalised_cost"], 4),
@@ -149,86 +203,147 @@ def _row(name: str, knob, cv_drop, scored: dict, task: str) -> dict:
     }
 
 
+def _families(
+    plan: TierPlan, cost: CostModel, temperatures: np.ndarray | None, families: Sequence[str | Tunable] | None
+) -> list[Tunable]:
+    known = tunable_policies(plan, cost, temperatures)
+    if families is None:
+        return known
+    by_name = {f.name: f for f in known}
+    chosen = []
+    for item in families:
+        if isinstance(item, Tunable):
+            chosen.append(item)
+        elif item in by_name:
+            chosen.append(by_name[item])
+        elif item not in (*FIXED, ORACLE, RANDOM, "random"):
+            raise ValueError(f"unknown policy family {item!r}; known: {', '.join(by_name)}")
+    return chosen
+
+
+def report_tables(
+    run_dir: str | Path,
+    max_drop: float = 0.003,
+    fit_split: str = CALIBRATION,
+    eval_split: str = VALIDATION,
+    cost_model: CostModel | None = None,
+    families: Sequence[str | Tunable] | None = None,
+    use_temperatures: bool = True,
+    curves: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(operating-point table, curves) of a run, both made of :func:`_row` rows from :func:`_score`.
+
+    The curves hold every knob of every family (each fitted on the whole fit split, scored on the eval split)
+    plus the knob-free policies: the Pareto plot's points. Each table row is the very curve row of the knob
+    chosen on the fit split (with the fit-split columns added), so table and plot show the same numbers.
+    With ``curves=False`` only the chosen knobs are scored and the second frame holds just those rows.
+    """
+    info = read_run_info(run_dir)
+    plan, cost, task = info.plan, cost_model or info.cost_model, info.task
+    temperatures = run_temperatures(run_dir, plan.num_layers, use_temperatures)
+    fit, evaluation = read_cached_split(run_dir, fit_split), read_cached_split(run_dir, eval_split)
+    rows, curve_rows = [], []
+
+    def add(name, knob, choice, policy) -> None:
+        scored = _score(policy, evaluation, task)
+        rows.append(_row(name, knob, choice, scored, task))
+        curve_rows.append(_row(name, knob, None, scored, task))
+
+    for name, cls in zip(FIXED, (AllMobilePolicy, AllEdgePolicy, AllCloudPolicy)):
+        policy = cls(plan, cost).fit(fit.logits, fit.labels)
+        add(name, None, _fit_figures(policy, fit, task, max_drop), policy)
+    dimee_policy = None
+    for family in _families(plan, cost, temperatures, families):
+        choice = cross_fit_knob(family, fit, task, max_drop)
+        for knob in family.knobs if curves else [choice.knob]:
+            policy = family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding)
+            scored = _score(policy, evaluation, task)
+            curve_rows.append(_row(family.name, knob, None, scored, task))
+            if knob == choice.knob:  # the table's row: the same scored numbers as this curve point
+                rows.append(_row(family.name, knob, choice, scored, task))
+                if family.name == "dimee":
+                    dimee_policy = policy
+    if dimee_policy is not None:
+        reference = dimee_policy.predict(fit.logits, fit.embedding)  # DIMEE's shares on the fit split
+        random = RandomTierPolicy(plan, cost, seed=0).fit(fit.logits, fit.labels, reference_exits=reference)
+        add(RANDOM, None, _fit_figures(random, fit, task, max_drop), random)
+    oracle = OraclePolicy(plan, cost).fit(fit.logits, fit.labels)
+    add(ORACLE, None, _fit_figures(oracle, fit, task, max_drop), oracle)
+    table = pd.DataFrame(rows)
+    return table, pd.DataFrame(curve_rows)
+
+
 def compare_policies(
     run_dir: str | Path,
     max_drop: float = 0.003,
     fit_split: str = CALIBRATION,
     eval_split: str = VALIDATION,
     cost_model: CostModel | None = None,
-    families: Sequence[str] | None = None,
+    families: Sequence[str | Tunable] | None = None,
+    use_temperatures: bool = True,
 ) -> pd.DataFrame:
-    """One row per policy at the operating point (drop <= max_drop chosen on the fit split), scored on eval."""
-    info = read_run_info(run_dir)
-    plan, cost, task = info.plan, cost_model or info.cost_model, info.task
-    fit, evaluation = read_cached_split(run_dir, fit_split), read_cached_split(run_dir, eval_split)
-    rows = []
-    fixed = [("all-mobile", AllMobilePolicy(plan, cost)), ("all-edge", AllEdgePolicy(plan, cost)), ("all-cloud", AllCloudPolicy(plan, cost))]
-    for name, policy in fixed:
-        rows.append(_row(name, None, None, _score(policy.fit(fit.logits, fit.labels), evaluation, plan, cost, task), task))
-    dimee_exits = None
-    for family in tunable_policies(plan, cost):
-        if families is not None and family.name not in families:
-            continue
-        knob, cv_drop = choose_knob(family, fit, plan, cost, task, max_drop)
-        policy = family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding)
-        scored = _score(policy, evaluation, plan, cost, task)
-        if family.name == "dimee":
-            dimee_exits = scored["exits"]
-        rows.append(_row(family.name, knob, cv_drop, scored, task))
-    if dimee_exits is not None:
-        random = RandomTierPolicy(plan, cost, seed=0).fit(evaluation.logits, evaluation.labels, reference_exits=dimee_exits)
-        rows.append(_row("random (DIMEE shares)", None, None, _score(random, evaluation, plan, cost, task), task))
-    oracle = OraclePolicy(plan, cost).fit(fit.logits, fit.labels)
-    rows.append(_row("oracle", None, None, _score(oracle, evaluation, plan, cost, task), task))
-    return pd.DataFrame(rows)
+    """One row per policy at the operating point (module doc), scored on the eval split.
 
-
-DIMEE_VARIANTS = ("dimee", "dimee-edge", "dimee-cascade")
+    Columns: task, policy, knob, cv_drop (fit split, points), cv_cost (fit split, normalised), meets_target
+    (on the fit split), metric (x100), drop (points vs the final exit), normalised_cost, cost_reduction_%,
+    and the tier shares mobile / edge / cloud (eval split).
+    """
+    table, _ = report_tables(
+        run_dir, max_drop, fit_split, eval_split, cost_model, families, use_temperatures, curves=False
+    )
+    return table
 
 
 def fit_run_policy(
-    run_dir: str | Path, max_drop: float = 0.003, fit_split: str = CALIBRATION, variant: str = "dimee-cascade"
+    run_dir: str | Path,
+    max_drop: float = 0.003,
+    fit_split: str = CALIBRATION,
+    variant: str = "dimee-cascade",
+    use_temperatures: bool = True,
 ) -> tuple[DimeePolicy, float]:
-    """Fit a DIMEE policy for deployment (mu chosen as in the report) and store it in the run folder."""
+    """Fit a DIMEE policy for deployment (mu chosen as in the report, with the same temperatures setting)
+    and store it in the run folder's policy.json."""
     if variant not in DIMEE_VARIANTS:
         raise ValueError(f"unknown DIMEE variant {variant!r}; choose one of {', '.join(DIMEE_VARIANTS)}")
     info = read_run_info(run_dir)
     fit = read_cached_split(run_dir, fit_split)
-    temperatures = read_temperatures(run_dir, info.plan.num_layers)  # from `dimee calibrate`, if it was run
+    temperatures = run_temperatures(run_dir, info.plan.num_layers, use_temperatures)
     family = next(f for f in tunable_policies(info.plan, info.cost_model, temperatures) if f.name == variant)
-    mu, _ = choose_knob(family, fit, info.plan, info.cost_model, info.task, max_drop)
-    policy = family.build(mu).fit(fit.logits, fit.labels, features=fit.embedding)
+    choice = cross_fit_knob(family, fit, info.task, max_drop)
+    policy = family.build(choice.knob).fit(fit.logits, fit.labels, features=fit.embedding)
     (Path(run_dir) / POLICY_FILE).write_text(json.dumps(policy.to_dict()))
-    return policy, mu
+    return policy, choice.knob
 
 
 def evaluate_policy_on_run(policy: ExitPolicy, run_dir: str | Path, split: str = VALIDATION) -> dict:
     """Score a fitted policy on a cached split of its run (task metric, drop, cost, tier shares)."""
     info = read_run_info(run_dir)
-    scored = _score(policy, read_cached_split(run_dir, split), info.plan, info.cost_model, info.task)
+    scored = _score(policy, read_cached_split(run_dir, split), info.task)
     return _row(type(policy).__name__, None, None, scored, info.task)
 
 
 # ---- the GLUE report: operating-point table and Pareto curves per task ------------------------------------
-def knob_curves(run_dir: str | Path, progress: bool = False) -> pd.DataFrame:
-    """Each policy over its own knob (fit on calibration, scored on validation): the Pareto plot's points."""
-    from .sweep import sweep
+def knob_curves(run_dir: str | Path, use_temperatures: bool = True) -> pd.DataFrame:
+    """Each policy over its own knob (fit on calibration, scored on validation): the Pareto plot's points,
+    as report rows (the table's rows are among them)."""
+    return report_tables(run_dir, use_temperatures=use_temperatures)[1]
 
-    info = read_run_info(run_dir)
-    plan, cost = info.plan, info.cost_model
-    families = {f.name: f for f in tunable_policies(plan, cost)}
-    parts = [sweep(run_dir, "all-mobile,all-edge,all-cloud,oracle", {}, progress=progress)]
-    for name in ("dimee", "dimee-cascade", "threshold", "entropy", "patience"):
-        family = families[name]
-        rows = []
-        for knob in family.knobs:
-            rows.append(sweep(run_dir, [(name, lambda plan, cost_model, f=family, k=knob: f.build(k))], {}, progress=False))
-        parts.append(pd.concat(rows, ignore_index=True))
-    return pd.concat(parts, ignore_index=True)
+
+def pareto_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Report rows -> the table `glue_eval.plots.plot_pareto` draws (metric and final metric as fractions)."""
+    frame = rows[["task", "policy", "knob", "normalised_cost"]].copy()
+    frame["metric"] = rows["metric"].astype(float) / 100
+    frame["final_metric"] = (rows["metric"].astype(float) + rows["drop"].astype(float)).round(2) / 100
+    frame["metric_name"] = [primary_metric(t) for t in rows["task"]]
+    return frame
 
 
 def write_glue_report(
-    runs: Sequence[str | Path], out_dir: str | Path = "results", max_drop: float = 0.003, command: str = ""
+    runs: Sequence[str | Path],
+    out_dir: str | Path = "results",
+    max_drop: float = 0.003,
+    command: str = "",
+    use_temperatures: bool = True,
 ) -> Path:
     """results/glue.md (+ glue.json, glue_<task>_pareto.png): every policy at the operating point, per task."""
     from .plots import plot_pareto
@@ -238,13 +353,18 @@ def write_glue_report(
     tables, notes = [], []
     for run in runs:
         info = read_run_info(run)
-        table = compare_policies(run, max_drop=max_drop)
+        table, curves = report_tables(run, max_drop=max_drop, use_temperatures=use_temperatures)
         tables.append(table)
-        plot_pareto(knob_curves(run), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
-        notes.append(f"- `{run}`: {info.task}, {info.training.get('data', '')}, n_train {info.training.get('n_train')}")
+        plot_pareto(pareto_frame(curves), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
+        temps = "temperatures.json applied" if run_temperatures(run, info.plan.num_layers, use_temperatures) is not None else "uncalibrated"
+        notes.append(
+            f"- `{run}`: {info.task}, {info.training.get('data', '')}, n_train {info.training.get('n_train')}, {temps}"
+        )
     combined = pd.concat(tables, ignore_index=True)
     (out_dir / "glue.json").write_text(combined.to_json(orient="records", indent=1))
-    summary = _summary(combined, max_drop)
+    summary = _summary(combined)
+    shown = combined.assign(meets_target=[_target_cell(v) for v in combined["meets_target"]])
+    missed = int((combined["meets_target"] == False).sum())  # noqa: E712 (None = not applicable)
     lines = [
         "# GLUE: DIMEE and the baselines at the operating point",
         "",
@@ -252,52 +372,84 @@ def write_glue_report(
         "",
         f"Operating point: each policy's knob chosen on the calibration split (two-fold cross-fitting) as the "
         f"cheapest setting with a task-metric drop <= {100 * max_drop:.1f} points vs the final exit; then fitted "
-        "on the whole calibration split and scored once on validation. `metric` is the task's primary GLUE "
-        "metric (x100), `drop` its loss vs the final exit on validation, cost normalised by the all-cloud "
-        "reference (input sent to the cloud, all L layers there = 1.0). Cost model: the run's (README defaults).",
+        "on the whole calibration split and scored once on validation. `cv_drop` / `cv_cost` are the "
+        "cross-fitted calibration figures the choice was made on (knob-free policies: measured on the whole "
+        "calibration split); `meets_target` says whether that calibration drop is within the target. Where no "
+        "knob meets it, the knob with the smallest calibration drop is shown and the row is marked **missed**: "
+        "it is not an operating point. `metric` is the task's primary GLUE metric (x100) on validation, `drop` "
+        "its loss vs the final exit there, cost normalised by the all-cloud reference (input sent to the cloud, "
+        "all L layers there = 1.0). Cost model: the run's (README defaults).",
         "",
-        "## Summary (policies that kept the drop <= target on validation)",
+        "## Summary (per task, among rows that met the target on calibration: the lowest calibration cost; "
+        "its validation figures)",
         "",
         markdown_table(summary),
         "",
         "## Every policy, every task",
         "",
-        markdown_table(combined),
+        f"{missed} row(s) missed the target on calibration." if missed else "Every row met the target on calibration.",
+        "",
+        markdown_table(shown),
         "",
         "## Runs",
         "",
         *notes,
         "",
-        "Pareto plots: " + ", ".join(f"`glue_{t}_pareto.png`" for t in combined["task"].unique()),
+        "Pareto plots (every knob of every policy, fitted on calibration, scored on validation; the table's "
+        "rows are among their points): " + ", ".join(f"`glue_{t}_pareto.png`" for t in combined["task"].unique()),
     ]
     path = out_dir / "glue.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _summary(combined: pd.DataFrame, max_drop: float) -> pd.DataFrame:
-    """Per task: DIMEE (best variant) vs the best baseline that met the target on validation, and the oracle."""
+def _target_cell(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return "yes" if bool(value) else "**missed**"
+
+
+def _best(group: pd.DataFrame, names: Sequence[str]) -> pd.Series | None:
+    """Among `names` rows that met the target on the fit split: the lowest fit-split cost (ties: listed first)."""
+    cands = group[group["policy"].isin(names) & (group["meets_target"] == True)]  # noqa: E712
+    if not len(cands):
+        return None
+    return cands.iloc[int(np.argmin(cands["cv_cost"].to_numpy(dtype=float)))]
+
+
+def _summary(combined: pd.DataFrame, max_drop: float | None = None) -> pd.DataFrame:
+    """Per task: the best DIMEE variant and the best baseline, chosen on calibration figures only (`_best`),
+    with their validation cost reduction and drop, and the oracle. `max_drop` is unused (the target was
+    applied on the fit split when the rows were made); kept for callers that pass it."""
     rows = []
     for task, group in combined.groupby("task", sort=False):
-        ok = group[group["drop"] <= 100 * max_drop + 1e-9]  # drop is in points
-        def best(names):
-            cands = ok[ok["policy"].isin(names)]
-            return cands.loc[cands["cost_reduction_%"].idxmax()] if len(cands) else None
-        dimee = best(["dimee", "dimee-edge", "dimee-cascade"])
-        base = best(["threshold", "entropy", "patience", "all-mobile", "all-edge"])
-        oracle = group[group["policy"] == "oracle"].iloc[0]
+        dimee, base = _best(group, DIMEE_VARIANTS), _best(group, BASELINES)
+        oracle = group[group["policy"] == ORACLE]
+
+        def cell(row):
+            if row is None:
+                return "none met the target on calibration"
+            return f"{row['policy']}: {row['cost_reduction_%']}% (drop {row['drop']})"
+
         rows.append({
             "task": task,
-            "best DIMEE": None if dimee is None else f"{dimee['policy']}: {dimee['cost_reduction_%']}% (drop {dimee['drop']})",
-            "best baseline": None if base is None else f"{base['policy']}: {base['cost_reduction_%']}% (drop {base['drop']})",
-            "oracle": f"{oracle['cost_reduction_%']}%",
+            "best DIMEE": cell(dimee),
+            "best baseline": cell(base),
+            "oracle": f"{oracle.iloc[0]['cost_reduction_%']}%" if len(oracle) else "",
         })
     return pd.DataFrame(rows)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
     """A GitHub markdown table (no extra dependency)."""
-    cells = [[("" if pd.isna(v) else str(v)) for v in row] for row in df.itertuples(index=False)]
+    cells = [[("" if _missing(v) else str(v)) for v in row] for row in df.itertuples(index=False)]
     header = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     return "\n".join([header, rule, *("| " + " | ".join(row) + " |" for row in cells)])
+
+
+def _missing(value) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
