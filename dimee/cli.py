@@ -157,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()  # the pooler we drop is reported as UNEXPECTED: expected, not news
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if args_list[:1] == ["serve"]:  # every option belongs to the service's own parser (argparse.REMAINDER
+        from dimee.serve_cli import serve_one  # would stop at the first option and refuse it)
+
+        return serve_one(args_list[1:])
+    args = parser.parse_args(args_list)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve_one(argv: list[str]) -> int:
+    """`dimee serve ARGS`: `python -m services ARGS` (`--help` lists every option)."""
     from services.__main__ import main as serve_main
 
-    return serve_main(args.service_args)
+    return int(serve_main(argv) or 0)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return serve_one(args.service_args)
 
 
 def cmd_serve_all(args: argparse.Namespace) -> int:
