@@ -19,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_POLICIES = "dimee,threshold,entropy,patience,all-mobile,all-edge,all-cloud,random,oracle"
+# names the GLUE report (glue_eval.report) gives a row, where the sweep registry spells them differently; every
+# other report name (dimee, dimee-edge, dimee-cascade, threshold, entropy, patience, all-*, oracle) is the same
+REPORT_NAMES = {"random (DIMEE shares)": "random", "random-dimee-shares": "random"}
+
+
+def policy_names(text: str) -> list[str]:
+    """'--policies' text -> sweep registry names (report names mapped with REPORT_NAMES, order kept)."""
+    return [REPORT_NAMES.get(name.strip(), name.strip()) for name in text.split(",") if name.strip()]
 
 
 def _number(text: str) -> Any:
@@ -65,7 +73,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError(f"--shares-x {args.shares_x}: that field is not swept (give it with --grid)")
     table = sweep(
         args.runs,
-        args.policies,
+        policy_names(args.policies),
         grid,
         fit_split=args.fit_split,
         eval_split=args.eval_split,
@@ -103,7 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="One row per (run, setting, policy), from each run's cached logits; no model is run.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) with cached logits")
-    parser.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})")
+    parser.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help=f"comma-separated (default {DEFAULT_POLICIES}); also dimee-edge, dimee-cascade (the variant "
+        "`dimee demo` deploys), dimee-embedding, dimee-pools, dimee-entry, and the report's row names",
+    )
     parser.add_argument(
         "--grid",
         action="append",

@@ -1,0 +1,32 @@
+"""Every policy the GLUE report shows can be swept by the name the report gives it (`dimee sweep --policies`)."""
+
+from __future__ import annotations
+
+from dimee import sweep_cli
+from glue_eval import report
+from glue_eval.sweep import POLICIES
+from tiers import CostModel, TierPlan
+
+
+def report_names() -> list[str]:
+    families = [f.name for f in report.tunable_policies(TierPlan(2, 4, 6), CostModel())]
+    return [*report.FIXED, *families, report.RANDOM, report.ORACLE]
+
+
+def test_every_report_name_maps_to_a_sweep_policy():
+    names = report_names()
+    assert "dimee-cascade" in names  # the variant `dimee demo` deploys
+    mapped = sweep_cli.policy_names(",".join(names))
+    assert len(mapped) == len(names)
+    missing = [name for name, key in zip(names, mapped) if key not in POLICIES]
+    assert not missing, f"report policies the sweep cannot run: {missing}"
+
+
+def test_sweep_cli_accepts_the_deployed_variant_and_report_names(tmp_path, capsys):
+    from tests.test_sweep import make_run
+
+    run = make_run(tmp_path / "run")
+    policies = "dimee-cascade,random (DIMEE shares),oracle"
+    assert sweep_cli.main([str(run), "--policies", policies, "--grid", "mu=0.05", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "dimee-cascade" in out and "random" in out and "oracle" in out
