@@ -4,16 +4,17 @@ Measures (issue 4, "Measure"):
 
 1. Latency per tier path (force_tier mobile / edge / cloud), batch 1, sequential requests: the service path
    (client wall time of one POST /v1/classify) against the in-process path on the same text: tokenise, run
-   the same `load_tier_part` parts, and encode/decode the handoff with the codec between them, as the services
-   do. Service and in-process calls alternate text by text (ABBA order), so both see the same machine load.
+   the same `load_tier_part` parts, and encode/decode the token ids with the codec when the sample goes
+   straight to edge or cloud, as the services do (forced edge / cloud is the direct route). Service and in-process calls alternate text by text (ABBA order), so both see the same machine load.
    Overhead % = (service - in-process) / in-process, on the medians (and on the p99s).
 2. Throughput at N concurrent clients (httpx.AsyncClient, one text per request, forced to cloud and mixed
    (the run's policy)) against in-process batched throughput (batches of N through the three parts, the mixed
    case routed with the same policy). Rounds alternate service / in-process.
-3. Fault: R requests at concurrency N (forced to cloud, so every one needs edge) with edge stopped after half
+3. Fault: R requests at concurrency N (forced to edge, so every one needs edge) with edge stopped after half
    have been sent: lost (exception / no response), 5xx, 4xx, degraded answers.
 4. Payload bytes per hop (responses' cost.bytes_per_hop) against the floor tokens x hidden x bytes-per-value,
-   for fp32 and, with services restarted with DIMEE_HANDOFF_ENCODING, fp16 and int8.
+   on the linear route (services restarted with the built-in rule at threshold 1: every sample goes mobile ->
+   edge -> cloud as hidden states) for fp32 and, with DIMEE_HANDOFF_ENCODING, fp16 and int8.
 
 Every loop is bounded in count and every phase in time; all servers are stopped at the end (TierGroup is a
 context manager). Loopback only.
@@ -45,13 +46,14 @@ import torch
 from transformers import AutoTokenizer
 
 from services import start_all
-from services.policy import load_policy, read_temperatures, softmax
-from tiers import TIERS, decode_handoff, encode_handoff, load_tier_part, payload_size, read_run_info
+from services.policy import load_policy, read_temperatures, softmax, wants_features
+from services.tier import parse_stop
+from tiers import TIERS, decode_tokens, encode_tokens, hop_payload_size, load_tier_part, read_run_info, run_routed
 from tiers import tokenize_for_inference
 
 REPO = Path(__file__).resolve().parent.parent
 BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
-LAST_EXIT_TIER = {"mobile": 0, "edge": 1, "cloud": 2}
+HOPS = ("mobile_edge", "mobile_cloud", "edge_cloud")
 
 
 def command_line() -> str:
@@ -101,58 +103,49 @@ class InProcess:
         temperatures = read_temperatures(run_dir, self.plan.num_layers)
         self.temperatures = temperatures
         self.policy, self.policy_name = load_policy(run_dir, self.plan, "auto", 0.9, temperatures)
+        self.vocab = int(self.parts["mobile"].config.vocab_size)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
     def token_count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
 
-    def _mobile(self, batch: dict):
-        return self.parts["mobile"].run_from_ids(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-
-    def _hop(self, hidden: torch.Tensor, mask: torch.Tensor, next_layer: int, encoding: str):
-        handoff = decode_handoff(encode_handoff(hidden, mask, next_layer, encoding), self.hidden, next_layer)
-        return handoff.hidden, handoff.attention_mask
+    def _tokens(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False)
+        return encoded["input_ids"], encoded.get("token_type_ids")
 
     def forced(self, texts: list[str], tier: str, encoding: str = "fp32") -> np.ndarray:
-        """Labels of `texts` answered at `tier`'s last exit (every sample runs every tier up to it)."""
+        """Labels of `texts` answered at `tier`'s last exit by the route the services force: mobile 1..m on
+        mobile; edge / cloud get the token ids straight away (through the token codec) and run 1..their end."""
         batch = tokenize_for_inference(self.tokenizer, texts, None, self.max_tokens)
+        part = self.parts[tier]
+        ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
         with torch.no_grad():
-            out = self._mobile(batch)
-            for name in TIERS[1 : LAST_EXIT_TIER[tier] + 1]:
-                hidden, mask = self._hop(out.hidden, out.attention_mask, self.parts[name].first_layer, encoding)
-                out = self.parts[name].run_hidden(hidden, mask)
+            if tier != "mobile":
+                input_ids, type_ids = self._tokens(texts)
+                sent = decode_tokens(encode_tokens(input_ids, type_ids, self.vocab), self.vocab)
+                width = max(len(seq) for seq in sent.input_ids)
+                ids = torch.zeros((len(texts), width), dtype=torch.long)
+                mask = torch.zeros((len(texts), width), dtype=torch.long)
+                types = torch.zeros((len(texts), width), dtype=torch.long)
+                for row, (seq, kinds) in enumerate(zip(sent.input_ids, sent.token_type_ids)):
+                    ids[row, : len(seq)] = torch.tensor(seq)
+                    types[row, : len(seq)] = torch.tensor(kinds)
+                    mask[row, : len(seq)] = 1
+            out = part.run_from_ids(ids, mask, types)
         return self._labels(out.exit_logits[:, -1], out.first_exit + out.exit_logits.shape[1] - 1)
 
     def routed(self, texts: list[str], encoding: str = "fp32") -> tuple[np.ndarray, list[str]]:
-        """Labels and answering tier of `texts` with the run's policy; only pending samples go on (a handoff
-        of the pending rows' real tokens, re-padded by the decoder, as the services send it)."""
-        batch = tokenize_for_inference(self.tokenizer, texts, None, self.max_tokens)
-        n = len(texts)
-        labels = np.zeros(n, dtype=np.int64)
-        tiers = [""] * n
-        with torch.no_grad():
-            out = self._mobile(batch)
-            seen = out.exit_logits.float().numpy()
-            rows = np.arange(n)
-            for index, tier in enumerate(TIERS):
-                k = seen.shape[1]
-                if index == len(TIERS) - 1:
-                    decisions = np.full(len(rows), k)
-                else:
-                    decisions = np.asarray(self.policy.decide(seen, tier, None))
-                for local in np.flatnonzero(decisions):
-                    exit_index = int(decisions[local])
-                    labels[rows[local]] = int(np.argmax(seen[local, exit_index - 1]))
-                    tiers[rows[local]] = tier
-                pending = np.flatnonzero(decisions == 0)
-                if pending.size == 0:
-                    break
-                nxt = self.parts[TIERS[index + 1]]
-                keep = torch.from_numpy(pending)
-                hidden, mask = self._hop(out.hidden[keep], out.attention_mask[keep], nxt.first_layer, encoding)
-                out = nxt.run_hidden(hidden, mask)
-                seen = np.concatenate([seen[pending], out.exit_logits.float().numpy()], axis=1)
-                rows = rows[pending]
-        return labels, tiers
+        """Labels and answering tier of `texts` with the run's policy, by `tiers.run_routed` (early exit inside
+        each tier, survivors re-padded, the routes the services take)."""
+        input_ids, type_ids = self._tokens(texts)
+        features = wants_features(self.policy, self.hidden)
+
+        def decide(seen, tier, depth, feats):
+            return self.policy.step(seen, tier, depth, feats if features else None)
+
+        answers = run_routed(self.parts, decide, input_ids, type_ids, self.pad_id)
+        labels = np.array([int(self._labels(torch.from_numpy(a.logits[None, :]), a.exit)[0]) for a in answers])
+        return labels, [a.tier for a in answers]
 
     def _labels(self, logits: torch.Tensor, exit_index: int) -> np.ndarray:
         temperature = 1.0 if self.temperatures is None else float(self.temperatures[exit_index - 1])
@@ -419,7 +412,7 @@ def fault_phase(args, group, texts) -> dict:
     async def main() -> dict:
         loop_holder["loop"] = asyncio.get_running_loop()
         run = await run_concurrent(
-            group.mobile_url, texts, "cloud", args.concurrency, args.client_timeout, args.phase_seconds, on_sent
+            group.mobile_url, texts, "edge", args.concurrency, args.client_timeout, args.phase_seconds, on_sent
         )
         if state["stop_task"] is not None:
             await asyncio.wait_for(state["stop_task"], 30)
@@ -439,7 +432,7 @@ def fault_phase(args, group, texts) -> dict:
     out = {
         "requests": len(texts),
         "concurrency": args.concurrency,
-        "force_tier": "cloud",
+        "force_tier": "edge",
         "edge_stopped_after_sent": kill_at,
         "elapsed_s": run["elapsed_s"],
         "lost": len(lost),
@@ -451,7 +444,7 @@ def fault_phase(args, group, texts) -> dict:
         "degraded_first_index": min((i for i, _ in degraded), default=None),
         "answered_by": tier_counts([p["tier"] for _, p in preds]),
         "degraded_reasons": reasons,
-        "cloud_answers_after_kill_index": sum(1 for i, p in preds if i >= kill_at and p["tier"] == "cloud"),
+        "edge_answers_after_kill_index": sum(1 for i, p in preds if i >= kill_at and p["tier"] == "edge"),
         "request_ms": summary([r["ms"] for r in results if r is not None and r.get("ms") is not None]),
         "edge_running_after": group.processes["edge"].running,
         "mobile_running_after": group.processes["mobile"].running,
@@ -468,13 +461,21 @@ def fault_phase(args, group, texts) -> dict:
 
 
 # ---- 4. bytes per hop ------------------------------------------------------------------------------------------
-def bytes_report(ref: InProcess, texts: list[str], per_text_bytes: list[dict], encoding: str) -> dict:
-    counts = [ref.token_count(t) for t in texts[: len(per_text_bytes)]]
-    floor = [c * ref.hidden * BYTES_PER_VALUE[encoding] for c in counts]
-    out = {"encoding": encoding, "texts": len(per_text_bytes), "tokens_total": int(sum(counts))}
-    for hop in ("mobile_edge", "edge_cloud"):
-        sent = [b.get(hop, 0) for b in per_text_bytes]
-        expected = [payload_size([c], ref.hidden, encoding) for c in counts]
+def bytes_report(ref: InProcess, texts: list[str], preds: list[dict], encoding: str) -> dict:
+    """Bytes per hop of one-text answers against the floor (hidden states: tokens x hidden x bytes per value;
+    token ids: 4 bytes per token) and against the codec's exact size for the boundary on the answer's route."""
+    counts = [ref.token_count(t) for t in texts[: len(preds)]]
+    out = {"encoding": encoding, "texts": len(preds), "tokens_total": int(sum(counts))}
+    for hop in HOPS:
+        if not any(hop in p["cost"]["bytes_per_hop"] for p in preds):
+            continue
+        target = hop.split("_")[1]
+        sent, expected, floor = [], [], []
+        for p, c in zip(preds, counts):
+            boundary = next((parse_stop(s)[1] for s in p["route"] if parse_stop(s)[0] == target), None)
+            sent.append(p["cost"]["bytes_per_hop"].get(hop, 0))
+            expected.append(0 if boundary is None else hop_payload_size([c], boundary, ref.hidden, encoding))
+            floor.append(0 if boundary is None else (4 * c if boundary == 0 else c * ref.hidden * BYTES_PER_VALUE[encoding]))
         out[hop] = {
             "bytes_total": int(sum(sent)),
             "floor_total": int(sum(floor)),
@@ -488,14 +489,16 @@ def bytes_report(ref: InProcess, texts: list[str], per_text_bytes: list[dict], e
 
 
 def encoding_bytes(args, ref, texts, encoding: str, env: dict, log_dir: Path) -> dict:
-    """Restart the services with DIMEE_HANDOFF_ENCODING and read bytes per hop off forced-cloud answers."""
-    with start_all(args.run_dir, env={**env, "DIMEE_HANDOFF_ENCODING": encoding}, log_dir=log_dir / encoding,
+    """Restart the services with DIMEE_HANDOFF_ENCODING and the built-in rule at threshold 1 (every sample goes
+    along the linear route as hidden states) and read bytes per hop off the answers."""
+    chain = {**env, "DIMEE_HANDOFF_ENCODING": encoding, "DIMEE_POLICY": "threshold", "DIMEE_THRESHOLD": "1"}
+    with start_all(args.run_dir, env=chain, log_dir=log_dir / encoding,
                    ready_timeout_s=180) as group, httpx.Client(timeout=60, trust_env=False) as client:  # fmt: skip
         sample = texts[: args.bytes_requests]
-        bodies = [classify_sync(client, group.mobile_url, t, "cloud") for t in sample]
+        bodies = [classify_sync(client, group.mobile_url, t, None) for t in sample]
         ref_labels = np.concatenate([ref.forced(sample[i : i + 32], "cloud") for i in range(0, len(sample), 32)])
         preds = [b["predictions"][0] for b in bodies]
-        report = bytes_report(ref, sample, [p["cost"]["bytes_per_hop"] for p in preds], encoding)
+        report = bytes_report(ref, sample, preds, encoding)
         agree = sum(int(p["label"] == int(lbl)) for p, lbl in zip(preds, ref_labels))
         report["label_agreement_with_inprocess_fp32"] = f"{agree}/{len(preds)}"
         report["degraded"] = sum(int(p["degraded"]) for p in preds)
@@ -618,7 +621,7 @@ def main() -> None:
         "TOKENIZERS_PARALLELISM": "false",
     }
     fault = None
-    bytes_fp32 = None
+    bytes_check = None
     for g, window in enumerate(args.windows):
         env = {**base_env, "DIMEE_BATCH_WINDOW_MS": f"{window:g}"}
         print(f"starting the three services (batch window {window:g} ms, max batch {args.max_batch}, "
@@ -632,15 +635,11 @@ def main() -> None:
             metrics_before = client.get(f"{group.mobile_url}/metrics").text
             lat = latency_phase(args, ref, client, group.mobile_url, texts, time.monotonic() + args.phase_seconds)
             metrics_after = client.get(f"{group.mobile_url}/metrics").text
-            if bytes_fp32 is None:
-                cloud_bytes = lat["cloud"]["_bytes"]
-                bytes_fp32 = bytes_report(ref, texts, cloud_bytes, "fp32")
+            if bytes_check is None:
                 sent = metric_sum(metrics_after, "dimee_handoff_bytes_sent_total", hop="mobile_edge") - metric_sum(
                     metrics_before, "dimee_handoff_bytes_sent_total", hop="mobile_edge"
                 )
-                reported = lat["_mobile_edge_bytes_reported"]
-                bytes_fp32["mobile_metrics_bytes_sent_vs_responses"] = [int(sent), int(reported)]
-                bytes_fp32["label_agreement_with_inprocess_fp32"] = lat["cloud"]["label_agreement"]
+                bytes_check = [int(sent), int(lat["_mobile_edge_bytes_reported"])]
             for tier in TIERS:
                 lat[tier].pop("_bytes")
             lat.pop("_mobile_edge_bytes_reported")
@@ -652,15 +651,17 @@ def main() -> None:
                 entry["fault"] = fault = fault_phase(args, group, texts[: args.fault_requests])
                 entry["fault"]["batch_window_ms"] = window
         report["groups"].append(entry)
-    report["bytes"] = [bytes_fp32]
-    for encoding in args.encodings:
+    report["bytes"] = []
+    for encoding in ["fp32", *[e for e in args.encodings if e != "fp32"]]:
         print(f"restarting the services with DIMEE_HANDOFF_ENCODING={encoding} for bytes per hop", flush=True)
         env = {**base_env, "DIMEE_BATCH_WINDOW_MS": f"{args.windows[0]:g}"}
         report["bytes"].append(encoding_bytes(args, ref, texts, encoding, env, log_dir))
+    report["bytes"][0]["mobile_metrics_bytes_sent_vs_responses"] = bytes_check
     for entry in report["bytes"]:
         hops = ", ".join(
             f"{h} {entry[h]['bytes_per_text_p50']:.0f} B/text (+{entry[h]['overhead_pct']:.2f}% over floor)"
-            for h in ("mobile_edge", "edge_cloud")
+            for h in HOPS
+            if h in entry
         )
         print(f"  bytes {entry['encoding']}: {hops}", flush=True)
     report["machine"]["loadavg_end"] = loadavg()
@@ -879,16 +880,16 @@ def render_md(report: dict, fault: dict | None) -> str:
         "",
         "## 4. Payload bytes per hop vs the floor (tokens x hidden x bytes per value)",
         "",
-        "From the responses' cost.bytes_per_hop (one text per handoff, forced to cloud); `= payload_size`: every "
-        "response's bytes equal tiers.payload_size for its token count. fp16 and int8: the services restarted with "
-        "DIMEE_HANDOFF_ENCODING.",
+        "From the responses' cost.bytes_per_hop (one text per handoff, the linear route: built-in rule at threshold "
+        "1); `= payload_size`: every response's bytes equal tiers.hop_payload_size for its token count and boundary. "
+        "fp16 and int8: the services restarted with DIMEE_HANDOFF_ENCODING.",
         "",
         "| encoding | texts | hop | bytes/text p50 | floor/text p50 | extra bytes/text p50 | total over floor | "
         "= payload_size | labels agree with in-process fp32 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for b in report["bytes"]:
-        for hop in ("mobile_edge", "edge_cloud"):
+        for hop in [h for h in HOPS if h in b]:
             h = b[hop]
             lines.append(
                 f"| {b['encoding']} | {b['texts']} | {hop} | {h['bytes_per_text_p50']:.0f} | "
