@@ -138,6 +138,12 @@ class TierService:
             self.run_dir, self.plan, settings.policy, settings.threshold, self.temperatures
         )
         self.fallback_policy = ThresholdPolicy(self.plan, settings.threshold, self.temperatures)
+        fitted_costs = getattr(self.policy, "cost_model_", None)
+        if fitted_costs is not None and fitted_costs != self.info.cost_model:
+            log.warning(
+                "the policy was fitted with another cost model than run.json's; answers are costed with run.json's, "
+                "so served costs differ from the policy's own evaluation"
+            )
         self.metrics = ServiceMetrics(self.tier)
         self.tokenizer = self._load_tokenizer() if self.tier == "mobile" else None
         # Expert exits (settings.experts): mobile and edge use the experts of each sample's distortion type,
@@ -662,6 +668,12 @@ class TierService:
             log.warning("%d sample(s) answered at %s, degraded: %s", len(group), self.tier, failure.detail)
             reason = f"{target} tier failed: {failure.detail}"
             return await self._answer_here(batch, group, hop, sent, reason)
+        bad = self._check_relayed(response.answers, target, boundary)
+        if bad is not None:
+            self.metrics.handoffs.inc(hop, "bad_response")
+            self.metrics.degraded.inc("bad_response", amount=len(group))
+            log.warning("%d sample(s) answered at %s, degraded: %s", len(group), self.tier, bad)
+            return await self._answer_here(batch, group, hop, sent, f"{target} tier failed: {bad}")
         self.metrics.handoffs.inc(hop, "ok")
         hop_ms = max(0.0, rtt_ms - response.server_ms)
         encoding = self.settings.handoff_encoding
@@ -680,6 +692,23 @@ class TierService:
                 )
             )
         return forwarded
+
+    @staticmethod
+    def _check_relayed(answers: list[Answer], target: str, boundary: int) -> str | None:
+        """Why the next tier's answers do not fit the handoff (route starting elsewhere, bad stops, an exit
+        deeper than the layers run), or None when they do."""
+        for answer in answers:
+            try:
+                stops = route_stops(answer.route, answer.depth)
+            except ValueError as err:
+                return f"its answer's route is malformed ({err})"
+            if not stops or (stops[0].tier, stops[0].entry) != (target, boundary):
+                return f"its answer's route {answer.route} does not start at {target}@{boundary}"
+            if any(stop.layers < 1 for stop in stops) or not 1 <= answer.exit <= answer.depth:
+                return f"its answer (exit {answer.exit}, route {answer.route}, depth {answer.depth}) is inconsistent"
+            if answer.tier != stops[-1].tier:
+                return f"its answer names tier {answer.tier} but its route ends at {stops[-1].tier}"
+        return None
 
     async def _answer_here(
         self, batch: _Batch, group: np.ndarray, hop: str, sent: float, reason: str

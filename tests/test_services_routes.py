@@ -525,3 +525,29 @@ def test_failed_direct_handoff_runs_mobiles_layers_and_answers_degraded(run_dir,
         assert "no next tier configured for cloud (cloud_url)" in p["degraded_reason"]
         assert p["cost"]["layers"] == {"mobile": 2, "edge": 0, "cloud": 0} and p["cost"]["bytes_per_hop"] == {}
         assert p["label"] == int(data["logits"][i, 1].argmax())
+
+
+def test_answers_that_do_not_fit_the_handoff_are_refused(run_dir, data, monkeypatch):
+    """A next tier whose answer claims another route (or an exit it cannot have) is treated as failed: the
+    samples are answered on mobile, degraded, never costed with a route that was not taken."""
+    from services import Answer
+
+    async def liar(client, base_url, token, request_id, body, meta, timeout_s, expected, content_type=CONTENT_TYPE):
+        answer = Answer(
+            label=0, label_name="negative", probabilities=[1.0, 0.0], exit=6, tier="cloud", degraded=False,
+            route=["cloud@4"], depth=6,
+        )  # fmt: skip
+        return HandoffResponse(request_id=request_id, server_ms=1.0, answers=[answer] * meta.n), 2.0
+
+    monkeypatch.setattr(tier_module, "post_handoff", liar)
+    settings = TierSettings(
+        run_dir=run_dir, tier="mobile", next_url=EDGE_URL, cloud_url=CLOUD_URL, handoff_token=TOKEN, batch_window_ms=1
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as mobile:
+        response = mobile.post("/v1/classify", json={"texts": data["texts"][:2], "force_tier": "cloud"})
+        metrics = mobile.get("/metrics").text
+    assert response.status_code == 200, response.text
+    for p in response.json()["predictions"]:
+        assert (p["route"], p["exit"], p["degraded"]) == (["mobile@0"], 2, True)
+        assert "does not start at cloud@0" in p["degraded_reason"]
+    assert 'dimee_degraded_total{reason="bad_response",service="mobile"} 2' in metrics
