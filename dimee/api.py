@@ -47,9 +47,9 @@ def predict_texts(run_dir: str | Path, texts: list[str], text_pairs: list[str] |
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
-    model = EarlyExitModel.from_pretrained(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "encoder")
-    batch = tokenize_for_inference(tokenizer, texts, text_pairs, info.max_length)
+    batch = tokenize_for_inference(tokenizer, texts, text_pairs, info.max_length)  # bad texts fail before loading
+    model = EarlyExitModel.from_pretrained(run_dir)
     with torch.no_grad():
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).numpy()
     per_exit = predictions_from_logits(info.task, logits)
@@ -60,7 +60,7 @@ def predict_texts(run_dir: str | Path, texts: list[str], text_pairs: list[str] |
         if info.num_labels == 1:
             row["score"] = float(final[0])
         else:
-            probs = np.exp(final - final.max())
+            probs = np.exp(final.astype(np.float64) - final.max())
             probs /= probs.sum()
             label = int(probs.argmax())
             row.update(label=label, label_name=info.label_names[label], probabilities=probs.round(4).tolist())

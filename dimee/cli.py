@@ -85,7 +85,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from glue_eval.report import write_glue_report
 
     command = "dimee report " + " ".join(args.runs) + f" --out {args.out} --max-drop {args.max_drop}"
-    path = write_glue_report(args.runs, args.out, max_drop=args.max_drop, command=command)
+    families = None
+    if args.policies:
+        families = [name.strip() for name in args.policies.split(",") if name.strip()]
+        command += f" --policies {','.join(families)}"
+    if args.no_temperatures:
+        command += " --no-temperatures"
+    path = write_glue_report(
+        args.runs,
+        args.out,
+        max_drop=args.max_drop,
+        command=command,
+        use_temperatures=not args.no_temperatures,
+        families=families,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -136,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+")
     report.add_argument("--out", default="results")
     report.add_argument("--max-drop", type=float, default=0.003, help="target metric drop vs the final exit (0.003 = 0.3 points)")
+    report.add_argument(
+        "--policies",
+        default=None,
+        help="comma-separated knob-bearing policies (default all: dimee, dimee-edge, dimee-cascade, threshold, entropy, "
+        "patience); all-mobile, all-edge, all-cloud and the oracle are always reported",
+    )
+    report.add_argument(
+        "--no-temperatures",
+        action="store_true",
+        help="ignore the run's temperatures.json (by default it is applied, as in the deployed policy)",
+    )
     report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the main job: brief SST-2 fine-tune, per-exit table, DIMEE vs all-cloud")
@@ -156,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the pooler we drop is reported as UNEXPECTED: expected, not news
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar: stderr carries our progress and errors only
     parser = build_parser()
     args_list = sys.argv[1:] if argv is None else list(argv)
     if args_list[:1] == ["serve"]:  # every option belongs to the service's own parser (argparse.REMAINDER

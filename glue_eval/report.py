@@ -344,8 +344,11 @@ def write_glue_report(
     max_drop: float = 0.003,
     command: str = "",
     use_temperatures: bool = True,
+    families: Sequence[str | Tunable] | None = None,
 ) -> Path:
-    """results/glue.md (+ glue.json, glue_<task>_pareto.png): every policy at the operating point, per task."""
+    """results/glue.md (+ glue.json, glue_<task>_pareto.png): every policy at the operating point, per task.
+    `families` limits the knob-bearing policies (default: all of `tunable_policies`); the knob-free ones, the
+    random baseline (with dimee) and the oracle are always there."""
     from .plots import plot_pareto
 
     out_dir = Path(out_dir)
@@ -353,7 +356,7 @@ def write_glue_report(
     tables, notes = [], []
     for run in runs:
         info = read_run_info(run)
-        table, curves = report_tables(run, max_drop=max_drop, use_temperatures=use_temperatures)
+        table, curves = report_tables(run, max_drop=max_drop, families=families, use_temperatures=use_temperatures)
         tables.append(table)
         plot_pareto(pareto_frame(curves), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
         temps = "temperatures.json applied" if run_temperatures(run, info.plan.num_layers, use_temperatures) is not None else "uncalibrated"
@@ -377,8 +380,8 @@ def write_glue_report(
         "calibration split); `meets_target` says whether that calibration drop is within the target. Where no "
         "knob meets it, the knob with the smallest calibration drop is shown and the row is marked **missed**: "
         "it is not an operating point. `metric` is the task's primary GLUE metric (x100) on validation, `drop` "
-        "its loss vs the final exit there, cost normalised by the all-cloud reference (input sent to the cloud, "
-        "all L layers there = 1.0). Cost model: the run's (README defaults).",
+        "its loss vs the final exit there, cost normalised by the all-cloud reference (token ids sent straight "
+        "to the cloud, all L layers there = 1.0). Cost model: the run's (README defaults).",
         "",
         "## Summary (per task, among rows that met the target on calibration: the lowest calibration cost; "
         "its validation figures)",
