@@ -210,11 +210,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--policies", default=None, help="comma-separated subset of the policies")
     parser.add_argument("--no-serve", action="store_true", help="offline vs in-process only")
     parser.add_argument("--out", default="results/routing")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the Markdown of an earlier report")
     return parser.parse_args()
+
+
+def training_command(info) -> str:
+    """The `dimee train` command that made the run (from its run.json)."""
+    t = info.training
+    flags = {"--task": info.task, "--output": t.get("output_dir"), "--epochs": t.get("epochs"),
+             "--train-subset": t.get("train_subset"), "--calibration-subset": t.get("calibration_subset"),
+             "--max-length": t.get("max_length"), "--lr": t.get("learning_rate"), "--seed": t.get("seed")}  # fmt: skip
+    return "dimee train " + " ".join(f"{k} {v}" for k, v in flags.items() if v is not None)
 
 
 def main() -> None:
     args = parse_args()
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        report.setdefault("training_command", training_command(read_run_info(report["run"])))
+        Path(args.render).write_text(json.dumps(report, indent=2, default=str))
+        Path(args.render).with_suffix(".md").write_text(render(report))
+        return
     run = Path(args.run)
     info = read_run_info(run)
     plan, cost = info.plan, info.cost_model
@@ -233,7 +249,8 @@ def main() -> None:
     saved_policy = run / POLICY_FILE
     backup = saved_policy.read_bytes() if saved_policy.exists() else None
     report = {"command": command_line(), "run": str(run), "task": info.task, "plan": plan.to_dict(), "n": n,
-              "clients": args.clients, "machine": platform.platform(), "policies": {}}  # fmt: skip
+              "clients": args.clients, "machine": platform.platform(), "training_command": training_command(info),
+              "policies": {}}  # fmt: skip
     try:
         for name, make in chosen.items():
             policy = make().fit(fit.logits, fit.labels, fit.embedding)
@@ -275,6 +292,8 @@ def render(report: dict) -> str:
         f"served = three uvicorn services, batch 1 (sequential) and {report['clients']} concurrent clients. A "
         "mismatch is an answer whose exit, route or label differs from the offline one; cost difference is the "
         "largest |served - offline| normalised cost over the answers that match.",
+        "",
+        f"The run was trained on this machine's CPU with `{report.get('training_command', '?')}` (the demo's settings).",
         "",
         "| policy | offline cost | in-process mismatches / max cost diff | served batch 1 | served concurrent | "
         "layers per 1,000 (all layers of each visited tier -> in-tier early exit) |",
