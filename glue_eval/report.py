@@ -51,7 +51,7 @@ from .metrics import compute_glue_metrics, predictions_from_logits, primary_metr
 CALIBRATION = "calibration"
 VALIDATION = "validation"
 MU_GRID = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
-DIMEE_VARIANTS = ("dimee", "dimee-edge", "dimee-cascade")
+DIMEE_VARIANTS = ("dimee", "dimee-edge", "dimee-cascade", "dimee-embedding", "dimee-paper", "dimee-entry")
 BASELINES = ("threshold", "entropy", "patience", "all-mobile", "all-edge")  # candidates for "best baseline"
 FIXED = ("all-mobile", "all-edge", "all-cloud")
 RANDOM = "random (DIMEE shares)"
@@ -66,6 +66,7 @@ class Tunable:
     knobs: Sequence[float]
     build: Callable[[float], ExitPolicy]
     cheaper_first: bool  # True if knobs are ordered from cheapest to dearest
+    needs_embedding: bool = False  # routes on the embedding-layer feature (skipped for a run without it)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,27 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
             sorted(MU_GRID, reverse=True),
             lambda mu: DimeePolicy(plan, cost, t, mu=mu, decision_exits="all"),
             True,
+        ),
+        Tunable(
+            "dimee-embedding",
+            sorted(MU_GRID, reverse=True),
+            lambda mu: DimeePolicy(plan, cost, t, mu=mu, feature="embedding"),
+            True,
+            needs_embedding=True,
+        ),
+        Tunable(
+            "dimee-paper",  # the paper's rule: embedding feature, pools labelled by tier, nearest centroid
+            sorted(MU_GRID, reverse=True),
+            lambda mu: DimeePolicy(plan, cost, t, mu=mu, feature="embedding", assignment="pools"),
+            True,
+            needs_embedding=True,
+        ),
+        Tunable(
+            "dimee-entry",  # entry tier from the embedding feature, then a cascade inside it
+            sorted(MU_GRID, reverse=True),
+            lambda mu: DimeePolicy(plan, cost, t, mu=mu, decision_exits="all", entry="embedding"),
+            True,
+            needs_embedding=True,
         ),
         Tunable(
             "threshold",
@@ -254,6 +276,8 @@ def report_tables(
         add(name, None, _fit_figures(policy, fit, task, max_drop), policy)
     dimee_policy = None
     for family in _families(plan, cost, temperatures, families):
+        if family.needs_embedding and (fit.embedding is None or evaluation.embedding is None):
+            continue
         choice = cross_fit_knob(family, fit, task, max_drop)
         for knob in family.knobs if curves else [choice.knob]:
             policy = family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding)
@@ -264,8 +288,9 @@ def report_tables(
                 if family.name == "dimee":
                     dimee_policy = policy
     if dimee_policy is not None:
-        reference = dimee_policy.predict(fit.logits, fit.embedding)  # DIMEE's shares on the fit split
-        random = RandomTierPolicy(plan, cost, seed=0).fit(fit.logits, fit.labels, reference_exits=reference)
+        outcome = dimee_policy.predict_outcome(fit.logits, fit.embedding)  # DIMEE's tier shares on the fit split
+        answering = outcome.table.final[outcome.routes]
+        random = RandomTierPolicy(plan, cost, seed=0).fit(fit.logits, fit.labels, reference_tiers=answering)
         add(RANDOM, None, _fit_figures(random, fit, task, max_drop), random)
     oracle = OraclePolicy(plan, cost).fit(fit.logits, fit.labels)
     add(ORACLE, None, _fit_figures(oracle, fit, task, max_drop), oracle)

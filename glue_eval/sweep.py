@@ -115,7 +115,7 @@ def _registry() -> dict[str, PolicySpec]:
         PolicySpec("dimee-edge", partial(DimeePolicy, edge_stage=True), dimee, "dimee"),
         PolicySpec("dimee-embedding", partial(DimeePolicy, feature="embedding"), dimee, "dimee", True),
         PolicySpec(
-            "dimee-pools", partial(DimeePolicy, feature="embedding", assignment="pools"), {"mu": "mu"}, "dimee", True
+            "dimee-paper", partial(DimeePolicy, feature="embedding", assignment="pools"), {"mu": "mu"}, "dimee", True
         ),
         PolicySpec("dimee-cascade", partial(DimeePolicy, decision_exits="all"), dimee, "dimee"),
         PolicySpec(

@@ -282,7 +282,7 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
 
 def test_registry_names():
     assert set(POLICIES) == {
-        "dimee", "dimee-edge", "dimee-embedding", "dimee-pools", "dimee-cascade", "dimee-entry",
+        "dimee", "dimee-edge", "dimee-embedding", "dimee-paper", "dimee-cascade", "dimee-entry",
         "threshold", "entropy", "patience",
         "all-mobile", "all-edge", "all-cloud", "random", "oracle",
     }  # fmt: skip
