@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tiers import CostModel
+
 DEFAULT_POLICIES = "dimee,threshold,entropy,patience,all-mobile,all-edge,all-cloud,random,oracle"
 # names the GLUE report (glue_eval.report) gives a row, where the sweep registry spells them differently; every
 # other report name (dimee, dimee-edge, dimee-cascade, threshold, entropy, patience, all-*, oracle) is the same
@@ -115,15 +117,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--policies",
         default=DEFAULT_POLICIES,
         help=f"comma-separated (default {DEFAULT_POLICIES}); also dimee-edge, dimee-cascade (the variant "
-        "`dimee demo` deploys), dimee-embedding, dimee-pools, dimee-entry, and the report's row names",
+        "`dimee demo` deploys), dimee-embedding, dimee-paper, dimee-entry, and the report's row names",
     )
     parser.add_argument(
         "--grid",
         action="append",
         metavar="FIELD=V1,V2",
         help="a swept field and its values; repeat for more fields (cartesian product). Fields: cost-model "
-        "fields (mobile_layer, edge_layer, cloud_layer, mobile_to_edge, edge_to_cloud, input_to_cloud, "
-        "mobile_edge_rate_bps, edge_cloud_rate_bps, transmit_cost_per_second), mu, k, max_drop, threshold, "
+        f"fields ({', '.join(CostModel.field_names())}), mu, k, max_drop, threshold, "
         "patience, plan ('m,e' values separated by ';'), m, e",
     )
     parser.add_argument("--fit-split", default="calibration", help="split the policies are fitted on")
