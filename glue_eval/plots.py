@@ -75,23 +75,25 @@ def plot_pareto(df: pd.DataFrame, path: str | os.PathLike, task: str | None = No
     fig = Figure(figsize=(8.5, 5.2))
     ax = fig.add_subplot()
     palette = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974")
+    styles = ("-", "--", ":")  # with 9 colours: 27 policies told apart
     for index, (name, group) in enumerate(rows.groupby("policy", sort=False)):
         cost = group["normalised_cost"].to_numpy(dtype=float)
         score = 100 * group["metric"].to_numpy(dtype=float)
         if name == ORACLE:
             ax.scatter(cost, score, marker="*", s=160, color="black", zorder=5, label="oracle (lower bound on cost)")
             continue
-        colour = palette[index % len(palette)]
+        colour, style = palette[index % len(palette)], styles[(index // len(palette)) % len(styles)]
         ax.scatter(cost, score, s=14, alpha=0.35, color=colour)
         front_c, front_s = pareto_front(cost, score)
         if front_c.size:
-            ax.step(front_c, front_s, where="post", color=colour, linewidth=1.8, label=f"{name} (Pareto front)")
+            label = name if front_c.size == 1 else f"{name} (Pareto front)"
+            ax.step(front_c, front_s, where="post", color=colour, linestyle=style, linewidth=1.8, label=label)
             ax.plot(front_c, front_s, "o", color=colour, markersize=4)
     final = 100 * rows["final_metric"].astype(float).iloc[0]
     ax.axhline(final, color="grey", linestyle=":", linewidth=1)
     reference = "all-cloud reference (cost 1)"
     ax.scatter([1.0], [final], marker="X", s=110, color="grey", edgecolor="black", zorder=6, label=reference)
-    ax.set_xlabel("normalised cost (1 = send the input to the cloud and run every layer there)")
+    ax.set_xlabel("normalised cost (1 = token ids straight to the cloud, every layer run there)")
     ax.set_ylabel(_metric_label(rows))
     ax.set_title(f"{task}: task metric vs cost per policy ({len(rows)} points)")
     ax.grid(True, alpha=0.3)
