@@ -13,7 +13,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import services.tier as tier_module
+import services.relay as relay_module
 from clustering.detector import DistortionDetector
 from glue_eval.distortion import distort_texts
 from glue_eval.experts import standard_heads
@@ -125,7 +125,7 @@ def test_type_travels_to_edge_and_edge_uses_its_experts(run_dir, texts, monkeypa
             assert response.status_code == 200, response.text
             return HandoffResponse.model_validate_json(response.content), 1.0
 
-        monkeypatch.setattr(tier_module, "post_handoff", to_edge)
+        monkeypatch.setattr(relay_module, "post_handoff", to_edge)
         with _mobile(run_dir, experts=True, next_url="http://127.0.0.1:9", handoff_token=TOKEN) as mobile:
             response = mobile.post("/v1/classify", json={"texts": texts, "force_tier": "edge"})
             got = _probabilities(response)

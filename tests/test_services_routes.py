@@ -19,7 +19,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import services.tier as tier_module
+import services.relay as relay_module
 from clustering import (
     AllCloudPolicy,
     AllEdgePolicy,
@@ -181,7 +181,7 @@ def _three_tiers(run: Path, **mobile_extra):
             return HandoffResponse.model_validate_json(response.content), 1.0
 
         patch = pytest.MonkeyPatch()
-        patch.setattr(tier_module, "post_handoff", post)
+        patch.setattr(relay_module, "post_handoff", post)
         stack.callback(patch.undo)
         mobile_settings = TierSettings(
             tier="mobile", next_url=EDGE_URL, cloud_url=CLOUD_URL, **{**common, **mobile_extra}
@@ -539,7 +539,7 @@ def test_answers_that_do_not_fit_the_handoff_are_refused(run_dir, data, monkeypa
         )  # fmt: skip
         return HandoffResponse(request_id=request_id, server_ms=1.0, answers=[answer] * meta.n), 2.0
 
-    monkeypatch.setattr(tier_module, "post_handoff", liar)
+    monkeypatch.setattr(relay_module, "post_handoff", liar)
     settings = TierSettings(
         run_dir=run_dir, tier="mobile", next_url=EDGE_URL, cloud_url=CLOUD_URL, handoff_token=TOKEN, batch_window_ms=1
     )

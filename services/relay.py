@@ -1,0 +1,354 @@
+"""What a tier does with its samples after its layers: answer here, or hand them on to a next tier.
+
+`TierRelay` is a mixin of `services.tier.TierService`: it reads the service's settings, run info, plan,
+policy features, engine, client, channel and metrics. Samples the policy answered get their answer here;
+the others are grouped by (target tier, boundary), each group sent as one handoff (token ids or encoded hidden
+states, with the simulated link if any) under a share of the deadline left. The next tier's answers are
+checked to fit the handoff; whatever fails is answered here, degraded. Every answer carries its route (stops
+'tier@entry'), the depth its answering tier ran to and the exact bytes per hop it caused; mobile turns them
+into the cost breakdown of the response with `tiers.CostModel.route_breakdown`, the accounting the offline
+evaluation uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from tiers import (
+    CONTENT_TYPE,
+    TIERS,
+    TOKENS_CONTENT_TYPE,
+    SegmentInput,
+    SegmentResult,
+    Stop,
+    encode_tokens,
+    handoff_target,
+    hop_payload_size,
+    token_payload_size,
+)
+from tiers.channel import send_hidden_states
+from tiers.experts import CLEAN
+
+from .engine import pad_hidden
+from .handoff import HandoffFailed, InputError, post_handoff
+from .policy import softmax
+from .schemas import Answer, CostReport, HandoffMeta, HandoffResponse, Prediction
+
+log = logging.getLogger("services.tier")  # the tier's logger: one name for all of a tier's messages
+
+#: Below this much time left, a tier answers locally instead of starting a handoff.
+MIN_HANDOFF_BUDGET_S = 0.02
+#: Share of the time left that a tier waits for the next one; the rest is its margin to answer locally.
+#: The next tier gets the same share of that wait as its own budget, so deadlines nest hop by hop.
+WAIT_SHARE = 0.9
+MAX_BUDGET_MS = 3_600_000.0  # HandoffMeta's upper bound
+
+
+@dataclass
+class _Item:
+    """One sample queued for this tier's batcher: where it enters, and the tier it is forced to (if any)."""
+
+    sample: SegmentInput
+    force: str | None = None
+
+
+@dataclass
+class _Batch:
+    """The samples of one request (or handoff) at one tier, after their stay here."""
+
+    items: list[_Item]
+    results: list[SegmentResult]
+    force: str | None
+    start: float
+    deadline: float
+    request_id: str
+    local_ms: float = 0.0
+    distortions: list[str] | None = None  # each sample's detected type, sent on (experts on)
+
+
+def parse_stop(label: str) -> tuple[str, int]:
+    """'cloud@4' -> ('cloud', 4)."""
+    tier, _, entry = label.partition("@")
+    if tier not in TIERS or not entry.isdigit():
+        raise ValueError(f"route stop {label!r} is not of the form 'tier@boundary'")
+    return tier, int(entry)
+
+
+def route_stops(route: list[str], depth: int) -> list[Stop]:
+    """The stops of a route given as labels, the answering stop having run to layer `depth`."""
+    parsed = [parse_stop(label) for label in route]
+    return [
+        Stop(tier, entry, parsed[p + 1][1] if p + 1 < len(parsed) else depth) for p, (tier, entry) in enumerate(parsed)
+    ]
+
+
+class TierRelay:
+    """Answers, handoffs to the next tiers (with the degraded fallback) and the cost of each answer."""
+
+    # ---- answer here, or hand off -------------------------------------------------------------------------
+    def _entry(self, batch: _Batch, i: int) -> int:
+        return int(batch.items[i].sample.entry)
+
+    async def _route(self, batch: _Batch) -> list[Answer]:
+        """Answers of the samples that answered here; the others are handed off, grouped by (tier, boundary)."""
+        batch.local_ms = (time.perf_counter() - batch.start) * 1000
+        answers: list[Answer | None] = [None] * len(batch.results)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, result in enumerate(batch.results):
+            if result.action > 0:
+                answers[i] = self._answer(
+                    result.logits, result.action, result.depth, self._entry(batch, i), {self.tier: batch.local_ms}
+                )
+            else:
+                groups.setdefault((TIERS[handoff_target(result.action)], result.depth), []).append(i)
+        jobs = []
+        for (target, boundary), members in sorted(groups.items()):
+            size = self._handoff_group_size(batch, members, boundary)
+            for first in range(0, len(members), size):
+                jobs.append((target, boundary, np.array(members[first : first + size], dtype=np.int64)))
+        if jobs:
+            results = await asyncio.gather(*(self._forward(batch, t, b, g) for t, b, g in jobs))
+            for (_, _, group), forwarded in zip(jobs, results):
+                for i, answer in zip(group, forwarded):
+                    answers[i] = answer
+        return [answer for answer in answers if answer is not None]
+
+    def _answer(
+        self,
+        logits_seen: np.ndarray,
+        exit_index: int,
+        depth: int,
+        entry: int,
+        wall_ms: dict[str, float],
+        reason: str | None = None,
+    ) -> Answer:
+        """The answer at `exit_index` (1-based) from one sample's logits of exits 1..depth, given here after
+        entering at boundary `entry` and running to layer `depth`."""
+        row = logits_seen[exit_index - 1]
+        common = dict(
+            exit=exit_index,
+            tier=self.tier,
+            degraded=reason is not None,
+            degraded_reason=reason,
+            route=[f"{self.tier}@{entry}"],
+            depth=int(depth),
+            wall_ms=wall_ms,
+        )
+        if self.info.num_labels == 1:
+            return Answer(label=None, label_name=None, probabilities=None, score=float(row[0]), **common)
+        temperature = 1.0 if self.temperatures is None else float(self.temperatures[exit_index - 1])
+        label = int(np.argmax(row))
+        names = self.info.label_names
+        return Answer(
+            label=label,
+            label_name=names[label] if label < len(names) else str(label),
+            probabilities=softmax(row, temperature).tolist(),
+            **common,
+        )
+
+    def _handoff_group_size(self, batch: _Batch, members: list[int], boundary: int) -> int:
+        """Most samples per handoff request such that X-DIMEE-Meta stays under max_meta_bytes (prior logits
+        and routing features grow with the batch) and the receiver's max_texts is respected."""
+        classes = int(self.info.num_labels)
+        width = 0
+        if self.policy_features and members and batch.results[members[0]].feature is not None:
+            width = int(np.asarray(batch.results[members[0]].feature).shape[0])
+        per_sample = 4 * (4 * (boundary * classes + width)) // 3 + 8  # base64 of float32
+        if batch.distortions is not None:
+            per_sample += 4 + max(len(kind) for kind in batch.distortions)  # a quoted name and a comma
+        room = max(1, (self.settings.max_meta_bytes - 1024) // per_sample)
+        return int(min(room, self.settings.max_texts))
+
+    async def _forward(self, batch: _Batch, target: str, boundary: int, group: np.ndarray) -> list[Answer]:
+        """Hand the `group` samples to `target` at `boundary`; on any failure answer them here, degraded: at
+        the deepest exit computed, or (handed off before any layer) after running this tier's own layers."""
+        assert self.engine is not None
+        hop = f"{self.tier}_{target}"
+        sent = time.perf_counter()
+        try:
+            response, rtt_ms = await self._send(batch, target, boundary, group, batch.deadline - sent)
+        except Exception as err:  # noqa: BLE001 - whatever went wrong, the samples are answered here
+            if isinstance(err, HandoffFailed):
+                failure = err
+            else:
+                log.exception("handoff to %s failed unexpectedly", target)
+                failure = HandoffFailed("internal", f"{type(err).__name__}: {err}")
+            self.metrics.handoffs.inc(hop, failure.category)
+            self.metrics.degraded.inc(failure.category, amount=len(group))
+            log.warning("%d sample(s) answered at %s, degraded: %s", len(group), self.tier, failure.detail)
+            reason = f"{target} tier failed: {failure.detail}"
+            return await self._answer_here(batch, group, hop, sent, reason)
+        bad = self._check_relayed(response.answers, target, boundary)
+        if bad is not None:
+            self.metrics.handoffs.inc(hop, "bad_response")
+            self.metrics.degraded.inc("bad_response", amount=len(group))
+            log.warning("%d sample(s) answered at %s, degraded: %s", len(group), self.tier, bad)
+            return await self._answer_here(batch, group, hop, sent, f"{target} tier failed: {bad}")
+        self.metrics.handoffs.inc(hop, "ok")
+        hop_ms = max(0.0, rtt_ms - response.server_ms)
+        encoding = self.settings.handoff_encoding
+        hidden = self.engine.hidden_size
+        forwarded = []
+        for i, answer in zip(group, response.answers):
+            result = batch.results[i]
+            sample_bytes = hop_payload_size([result.token_count], boundary, hidden, encoding)
+            forwarded.append(
+                answer.model_copy(
+                    update={
+                        "route": [f"{self.tier}@{self._entry(batch, i)}", *answer.route],
+                        "bytes_per_hop": {hop: sample_bytes, **answer.bytes_per_hop},
+                        "wall_ms": {self.tier: batch.local_ms, hop: hop_ms, **answer.wall_ms},
+                    }
+                )
+            )
+        return forwarded
+
+    @staticmethod
+    def _check_relayed(answers: list[Answer], target: str, boundary: int) -> str | None:
+        """Why the next tier's answers do not fit the handoff (route starting elsewhere, bad stops, an exit
+        deeper than the layers run), or None when they do."""
+        for answer in answers:
+            try:
+                stops = route_stops(answer.route, answer.depth)
+            except ValueError as err:
+                return f"its answer's route is malformed ({err})"
+            if not stops or (stops[0].tier, stops[0].entry) != (target, boundary):
+                return f"its answer's route {answer.route} does not start at {target}@{boundary}"
+            if any(stop.layers < 1 for stop in stops) or not 1 <= answer.exit <= answer.depth:
+                return f"its answer (exit {answer.exit}, route {answer.route}, depth {answer.depth}) is inconsistent"
+            if answer.tier != stops[-1].tier:
+                return f"its answer names tier {answer.tier} but its route ends at {stops[-1].tier}"
+        return None
+
+    async def _answer_here(
+        self, batch: _Batch, group: np.ndarray, hop: str, sent: float, reason: str
+    ) -> list[Answer]:
+        """Degraded answers of a group whose handoff failed."""
+        answers: dict[int, Answer] = {}
+        rerun = [int(i) for i in group if batch.results[i].depth == 0]  # no exit computed yet
+        for i in group:
+            result = batch.results[i]
+            if result.depth > 0:
+                wall = {self.tier: batch.local_ms, hop: (time.perf_counter() - sent) * 1000}
+                answers[int(i)] = self._answer(
+                    result.logits, result.depth, result.depth, self._entry(batch, int(i)), wall, reason
+                )
+        if rerun:
+            items = [replace(batch.items[i], force=self.tier) for i in rerun]
+            try:
+                results = await self._require_batcher().submit(items)
+            except Exception as err:  # noqa: BLE001
+                raise InputError(503, f"the {self.tier} tier could not answer after a failed handoff: {err}") from err
+            wall = {self.tier: (time.perf_counter() - batch.start) * 1000, hop: (time.perf_counter() - sent) * 1000}
+            for i, result in zip(rerun, results):
+                answers[i] = self._answer(
+                    result.logits, result.action, result.depth, self._entry(batch, i), wall, reason
+                )
+        return [answers[int(i)] for i in group]
+
+    async def _send(
+        self, batch: _Batch, target: str, boundary: int, group: np.ndarray, remaining_s: float
+    ) -> tuple[HandoffResponse, float]:
+        """Encode and POST one group; HandoffFailed when there is no URL for `target` or no time left."""
+        url = self.settings.url_for(target)
+        if not url or self.client is None:
+            setting = "next_url" if (self.tier == "edge" or target == "edge") else "cloud_url"
+            raise HandoffFailed("no_next_tier", f"no next tier configured for {target} ({setting})")
+        if remaining_s < MIN_HANDOFF_BUDGET_S:
+            raise HandoffFailed("deadline", "request deadline reached before the handoff")
+        wait_s = remaining_s * WAIT_SHARE
+        hop = f"{self.tier}_{target}"
+        results = [batch.results[i] for i in group]
+        if boundary == 0:
+            body = encode_tokens(
+                [r.input_ids for r in results],
+                None if any(r.token_type_ids is None for r in results) else [r.token_type_ids for r in results],
+                self.engine.vocab_size,
+            )
+            content_type = TOKENS_CONTENT_TYPE
+        else:
+            states = [r.hidden for r in results]
+            body = await asyncio.to_thread(self._encode, states, self.settings.handoff_encoding, boundary)
+            content_type = CONTENT_TYPE
+        kinds = None if batch.distortions is None else [batch.distortions[i] for i in group]
+        features = None
+        if self.policy_features and all(r.feature is not None for r in results):
+            features = np.stack([np.asarray(r.feature) for r in results])
+        num_labels = int(self.info.num_labels)
+        prior = np.stack([r.logits[:boundary] for r in results]) if boundary else np.zeros((len(group), 0, num_labels))
+        meta = HandoffMeta.build(
+            prior,
+            budget_ms=min(wait_s * WAIT_SHARE * 1000, MAX_BUDGET_MS),
+            force_tier=batch.force,
+            features=features,
+            distortions=None if kinds is None or all(kind == CLEAN for kind in kinds) else kinds,  # absent: clean
+        )
+        self.metrics.handoff_bytes.inc(hop, amount=len(body))
+        if self.channel is not None and self.settings.channel_rate_bps is not None:
+            with self._channel_lock:
+                outcome = self.channel.simulate_transmission(len(body), self._channel_rng)
+            if wait_s - outcome.seconds < MIN_HANDOFF_BUDGET_S:
+                detail = f"simulated link needs {outcome.seconds:.3f} s, more than the time left"
+                raise HandoffFailed("deadline", detail)
+            await asyncio.sleep(outcome.seconds)
+            wait_s -= outcome.seconds  # the air time comes out of this hop's share of the deadline
+            if not outcome.delivered:
+                raise HandoffFailed("channel", "simulated link lost a packet beyond its retransmission limit")
+        return await post_handoff(
+            self.client,
+            url,
+            self.settings.token,
+            batch.request_id,
+            body,
+            meta,
+            wait_s,
+            len(group),
+            content_type=content_type,
+        )
+
+    def _encode(self, states: list[torch.Tensor], encoding: str, boundary: int | None = None) -> bytes:
+        """Hidden states after layer `boundary` (default: this tier's last) as they leave this tier: with the
+        simulated link's noise, if any, then the codec (`tiers.channel.send_hidden_states`)."""
+        hidden, mask = pad_hidden(states)
+        boundary = self.last_layer if boundary is None else int(boundary)
+        snr = None if self.channel is None else self.channel.snr_db
+        with self._channel_lock:  # one noise stream per tier, drawn in handoff order
+            return send_hidden_states(hidden, mask, boundary + 1, encoding, snr, self._channel_noise)
+
+    # ---- cost ----------------------------------------------------------------------------------------------
+    def _prediction(self, answer: Answer, token_count: int, distortion: str | None = None) -> Prediction:
+        """The response entry: the answer with its cost, `tiers.CostModel.route_breakdown` of its route (every
+        layer each stop ran, the exact bytes of each hop), normalised by the all-cloud reference route carrying
+        this sample's token ids."""
+        stops = route_stops(answer.route, answer.depth)
+        breakdown = self.info.cost_model.route_breakdown(
+            self.plan, stops, answer.bytes_per_hop, reference_bytes=token_payload_size([token_count])
+        )
+        cost = CostReport(
+            layers=breakdown["layers"],
+            bytes_per_hop=answer.bytes_per_hop,
+            compute_units=breakdown["compute_units"],
+            offload_units=breakdown["offload_units"],
+            total_units=breakdown["total_units"],
+            normalised=breakdown["normalised"],
+            wall_ms=answer.wall_ms,
+        )
+        return Prediction(
+            label=answer.label,
+            label_name=answer.label_name,
+            probabilities=answer.probabilities,
+            score=answer.score,
+            exit=answer.exit,
+            tier=answer.tier,
+            route=answer.route,
+            degraded=answer.degraded,
+            degraded_reason=answer.degraded_reason,
+            distortion=distortion,
+            cost=cost,
+        )
