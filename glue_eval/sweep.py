@@ -7,9 +7,9 @@ vectorised.
 
 What is recomputed per setting, and why (this is what makes 10,000 settings cheap):
 
-* A registry policy's fit reads the cost model only through the normalised per-exit cost vector
-  (``CostModel.normalised_exit_costs(plan)``, no payload sizes); so link rates never cause a refit, and
-  fixed-exit policies (all-*) and the oracle are fitted once per tier plan.
+* A registry policy's fit reads the cost model only through normalised costs without payload sizes (the
+  linear route's per-exit vector, or every route's for DIMEE and the oracle); so link rates never cause a
+  refit, and fixed-route policies (all-*) are fitted once per tier plan.
 * Threshold / entropy / patience with the knob chosen in fit: their candidate exits on the fit split do not
   depend on costs; only the choice among them does. That choice (``select_setting``'s rule) is made for many
   cost vectors at once with one matrix product; a setting whose cheapest candidates tie to within rounding
@@ -675,8 +675,10 @@ class _SelectSolver(_GenericSolver):
 
 
 def _solver(spec: PolicySpec, data: _Data, exact: bool) -> _GenericSolver:
-    if spec.kind in ("fixed", "oracle"):
+    if spec.kind == "fixed":
         return _GenericSolver(spec, data, key=_plan_only)
+    if spec.kind == "oracle":  # the cheapest right (route, exit) depends on every route's cost
+        return _GenericSolver(spec, data, key=_fit_input_key)
     if spec.kind == "random":
         return _RandomSolver(spec, data)
     if spec.kind == "dimee" or (exact and spec.kind == "select"):

@@ -286,3 +286,15 @@ def test_registry_names():
         "threshold", "entropy", "patience",
         "all-mobile", "all-edge", "all-cloud", "random", "oracle",
     }  # fmt: skip
+
+
+def test_oracle_follows_the_cost_of_every_route(run):
+    """The oracle's cheapest right (route, exit) moves with the costs: a grid equals one sweep per setting."""
+    grid = {"mobile_to_edge": [0.0, 0.4], "edge_to_cloud": [0.0, 0.4]}
+    table = sweep(run, "oracle", grid, progress=False)
+    for a in grid["mobile_to_edge"]:
+        for b in grid["edge_to_cloud"]:
+            alone = sweep(run, "oracle", {"mobile_to_edge": [a], "edge_to_cloud": [b]}, progress=False, exact=True)
+            row = table[(table.mobile_to_edge == a) & (table.edge_to_cloud == b)]
+            np.testing.assert_allclose(row["normalised_cost"].to_numpy(), alone["normalised_cost"].to_numpy())
+            np.testing.assert_allclose(row["share_mobile"].to_numpy(), alone["share_mobile"].to_numpy())
