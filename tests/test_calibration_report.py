@@ -16,7 +16,7 @@ from dimee import cli
 from dimee.calibrate_cli import register
 from glue_eval.calibration import calibrate_run, calibration_table, plot_reliability, read_temperatures
 from tests.factories import tiny_run_folder
-from tiers import CachedSplit, read_run_info, write_cached_split, write_run_info
+from tiers import CachedSplit, RunInfo, TierPlan, read_run_info, write_cached_split, write_run_info
 from tiers.run import TEMPERATURES_FILE
 
 NUM_LAYERS = 6
@@ -81,13 +81,47 @@ def test_ece_and_nll_drop_on_the_eval_split(run_dir, calibrated):
     assert list(table["exit"]) == list(range(1, NUM_LAYERS + 1)) and "ece_before" in table
 
 
-def test_fit_on_exiting_records_where_it_fitted(run_dir, tmp_path):
-    data = calibrate_run(run_dir, fit_on="exiting", write=False)
+def _binary(a: float, right: int, wrong: int, first_label: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (+a, -a) for the predicted class on `right` + `wrong` samples, labels alternating."""
+    n = right + wrong
+    labels = (np.arange(n) + first_label) % 2
+    predicted = np.where(np.arange(n) < right, labels, 1 - labels)
+    logits = np.zeros((n, 2))
+    logits[np.arange(n), predicted], logits[np.arange(n), 1 - predicted] = a, -a
+    return logits, labels
+
+
+def test_fit_on_exiting_fits_each_exit_on_its_exiting_samples(tmp_path):
+    """Three groups of 100, each exiting at one exit under the 0.9 confidence rule (logits +-3 pass it, +-1 do
+    not; exit 3 is the last). On binary logits +-a right on a share q of the samples the NLL is smallest at
+    T* = 2a / ln(q / (1 - q)) (test_temperature_reference.py), so fitted on the exiting samples only:
+    exit 1 (a = 3, q = 0.8) 6 / ln 4, exit 2 (a = 3, q = 0.9) 6 / ln 9, exit 3 (a = 2, q = 0.75) 4 / ln 3."""
+    folder = tmp_path / "run"
+    write_run_info(
+        folder,
+        RunInfo(task="sst2", text_fields=["sentence"], label_names=["negative", "positive"], num_labels=2,
+                max_length=64, plan=TierPlan(1, 2, 3)),
+    )
+    blocks, labels = [], []
+    for exit_logits in (
+        [_binary(3.0, 80, 20), _binary(3.0, 100, 0), _binary(3.0, 100, 0)],  # exits at 1
+        [_binary(1.0, 50, 50), _binary(3.0, 90, 10), _binary(3.0, 100, 0)],  # exits at 2
+        [_binary(1.0, 50, 50), _binary(1.0, 50, 50), _binary(2.0, 75, 25)],  # reaches 3
+    ):
+        blocks.append(np.stack([z for z, _ in exit_logits], axis=1))
+        labels.append(exit_logits[0][1])
+    logits, y = np.concatenate(blocks), np.concatenate(labels)
+    split = CachedSplit(logits.astype(np.float32), y.astype(np.int64), np.full(len(y), 8, dtype=np.int32))
+    write_cached_split(folder, "calibration", split)
+    write_cached_split(folder, "validation", split)
+    data = calibrate_run(folder, fit_on="exiting", write=False)
     assert data["fit_on"] == "exiting" and data["exit_threshold"] == 0.9
-    assert len(data["n_fit_samples"]) == NUM_LAYERS
-    assert all(t > 0 for t in data["temperatures"])
+    assert data["n_fit_samples"] == [100, 100, 100] and data["fallback_exits"] == []
+    np.testing.assert_allclose(data["temperatures"], [6 / np.log(4), 6 / np.log(9), 4 / np.log(3)], rtol=1e-4)
+    everyone = calibrate_run(folder, fit_on="all", write=False)["temperatures"]
+    assert abs(everyone[0] - 6 / np.log(4)) > 0.1  # fitted on all 300 samples, exit 1 gets another temperature
     with pytest.raises(CalibrationError, match="fit_on"):
-        calibrate_run(run_dir, fit_on="sometimes", write=False)
+        calibrate_run(folder, fit_on="sometimes", write=False)
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,10 @@ import math
 import re
 from pathlib import Path
 
+import evaluate  # a declared dependency (pyproject): its absence is a broken install, not a skip
 import numpy as np
 import pytest
+import torch
 
 from glue_eval import (
     TASKS,
@@ -113,7 +115,6 @@ def test_predictions_from_logits_regression_and_torch() -> None:
     assert out.shape == (2,) and out.tolist() == [1.5, 4.25]
     with pytest.raises(ValueError):
         predictions_from_logits("stsb", np.array([1.5, 4.25]))  # missing the trailing num_labels axis
-    torch = pytest.importorskip("torch")
     t = torch.tensor([[0.2, 0.8], [0.9, 0.1]], requires_grad=True)
     assert predictions_from_logits("sst2", t).tolist() == [1, 0]
 
@@ -141,7 +142,6 @@ def _cases(task: str) -> tuple[list, list]:
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_evaluate_load_local_path_agrees(task: str) -> None:
-    evaluate = pytest.importorskip("evaluate")
     metric = evaluate.load(glue_metric_path(), task, keep_in_memory=True)
     preds, refs = _cases(task)
     got = metric.compute(predictions=preds, references=refs)
@@ -151,7 +151,6 @@ def test_evaluate_load_local_path_agrees(task: str) -> None:
 
 
 def test_evaluate_load_needs_a_task_config() -> None:
-    evaluate = pytest.importorskip("evaluate")
     with pytest.raises(ValueError, match="GLUE task"):
         evaluate.load(glue_metric_path(), keep_in_memory=True)
     with pytest.raises(ValueError, match="cola"):

@@ -19,6 +19,9 @@ from tiers import (
 )
 
 TOL = 1e-5
+# fp16 handoff on the real encoder: max |logit diff| vs one fp32 pass measured 3.1e-5, 6.3e-5, 4.0e-5 for the three
+# plans below (MiniLM-L6, 4 texts); the bound is about 5x the largest. It must also be > 0: fp16 really was sent.
+FP16_TOL = 3e-4
 
 
 def _model(config, num_labels=3, pooling="mean"):
@@ -127,4 +130,4 @@ def test_sliced_equals_one_pass_on_the_real_encoder(offline_encoder_path, tmp_pa
             chained = _chain_through_codec(parts, batch["input_ids"], batch["attention_mask"])
             assert (chained - reference).abs().max().item() <= TOL
             half = _chain_through_codec(parts, batch["input_ids"], batch["attention_mask"], encoding="fp16")
-            assert (half - reference).abs().max().item() < 0.05  # fp16 handoff: small, bounded loss
+            assert 0 < (half - reference).abs().max().item() <= FP16_TOL  # fp16 handoff: small, bounded loss
