@@ -1,0 +1,72 @@
+"""Each figure the README quotes from a results JSON is the JSON's value, rounded as the README prints it.
+
+QUOTES lists them explicitly: the README phrase with `{}` where the figure(s) go, the results file, where the
+value is (a row of glue.json picked by task and policy, or a key path), and the decimals printed. A README edit
+that drops a phrase, or a regenerated results file whose figure moved, fails here until the other follows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())  # phrases may wrap across lines
+
+
+def glue(task: str, policy: str, key: str = "cost_reduction_%"):
+    return ("glue.json", lambda rows: next(r[key] for r in rows if r["task"] == task and r["policy"] == policy))
+
+
+def oracle(pick):
+    return ("glue.json", lambda rows: pick(r["cost_reduction_%"] for r in rows if r["policy"] == "oracle"))
+
+
+def key(path: str, *keys: str):
+    def get(data):
+        for k in keys:
+            data = data[k]
+        return data
+
+    return (path, get)
+
+
+# (README phrase, [(results file, value getter), ...], decimals)
+QUOTES = [
+    ("a {}-setting cost sweep", [key("sweep_speed.json", "settings")], "thousands"),
+    ("with DIMEE refitted per setting: {} s (one run)", [key("sweep_speed.json", "seconds")], 3),
+    ("DIMEE in cascade mode cuts cost {}% with no drop", [glue("sst2", "dimee-cascade")], 1),
+    ("(entropy threshold: {}%)", [glue("sst2", "entropy")], 1),
+    ("SST-2 {}% vs entropy {}%", [glue("sst2", "dimee-cascade"), glue("sst2", "entropy")], 1),
+    ("MRPC {}% vs entropy {}%", [glue("mrpc", "dimee-edge"), glue("mrpc", "entropy")], 1),
+    ("RTE {}% vs threshold {}%", [glue("rte", "dimee-edge"), glue("rte", "threshold")], 1),
+    ("STS-B {}% vs all-edge {}%", [glue("stsb", "dimee-cascade"), glue("stsb", "all-edge")], 1),
+    ("(DIMEE {}% vs patience {}%", [glue("qnli", "dimee"), glue("qnli", "patience")], 1),
+    ("The oracle shows {}-{}% reduction", [oracle(min), oracle(max)], 1),
+    ("(STS-B {}%, SST-2 {}%)", [glue("stsb", "oracle"), glue("sst2", "oracle")], 1),
+    ("all-cloud rows show {}%", [glue("sst2", "all-cloud")], 1),
+    ("WNLI's final exit is below chance ({}%)", [glue("wnli", "all-cloud", "metric")], 1),
+]
+
+
+def _printed(value, decimals) -> str:
+    if decimals == "thousands":
+        return f"{int(value):,}"
+    return f"{float(value):.{decimals}f}"
+
+
+@pytest.mark.parametrize("phrase, sources, decimals", QUOTES, ids=[q[0] for q in QUOTES])
+def test_readme_quotes_the_results(phrase, sources, decimals):
+    values = []
+    for path, get in sources:
+        values.append(_printed(get(json.loads((ROOT / "results" / path).read_text())), decimals))
+    quoted = phrase.format(*values)
+    assert quoted in README, f"README should say {quoted!r} (from results/{sources[0][0]})"
+
+
+def test_all_cloud_figure_is_the_same_on_every_task():
+    rows = json.loads((ROOT / "results" / "glue.json").read_text())
+    assert len({r["cost_reduction_%"] for r in rows if r["policy"] == "all-cloud"}) == 1  # "all-cloud rows show"
