@@ -38,7 +38,6 @@ def test_temperature_recovery():
     logits, labels = calibrated_then_scaled()
     scaler = TemperatureScaler().fit(logits, labels)
     np.testing.assert_allclose(scaler.temperatures_, TRUE_T, rtol=0.04)
-    np.testing.assert_allclose(scaler.apply(logits), logits / scaler.temperatures_[None, :, None])
     report = calibration_report(logits, labels, scaler.temperatures_)
     assert all(after <= before + 1e-9 for before, after in zip(report["nll_before"], report["nll_after"]))
     assert report["ece_after"][2] < report["ece_before"][2] / 3  # the most over-confident exit gains most

@@ -435,9 +435,8 @@ def test_load_policy_uses_the_runs_fitted_policy(tmp_path, monkeypatch):
 
 
 def test_load_policy_refuses_an_unfitted_or_damaged_policy(tmp_path):
-    clustering = pytest.importorskip("clustering")
-    if not hasattr(clustering, "DimeePolicy"):
-        pytest.skip("clustering.DimeePolicy not available")
+    import clustering
+
     plan = TierPlan(2, 4, 6)
     (tmp_path / "policy.json").write_text(json.dumps(clustering.DimeePolicy(plan=plan).to_dict()))
     with pytest.raises(PolicyLoadError, match="unfitted"):
