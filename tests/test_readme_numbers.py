@@ -36,19 +36,26 @@ def key(path: str, *keys: str):
 
 # (README phrase, [(results file, value getter), ...], decimals)
 QUOTES = [
-    ("a {}-setting cost sweep", [key("sweep_speed.json", "settings")], "thousands"),
-    ("with DIMEE refitted per setting: {} s (one run)", [key("sweep_speed.json", "seconds")], 3),
-    ("DIMEE in cascade mode cuts cost {}% with no drop", [glue("sst2", "dimee-cascade")], 1),
-    ("(entropy threshold: {}%)", [glue("sst2", "entropy")], 1),
-    ("SST-2 {}% vs entropy {}%", [glue("sst2", "dimee-cascade"), glue("sst2", "entropy")], 1),
-    ("MRPC {}% vs entropy {}%", [glue("mrpc", "dimee-edge"), glue("mrpc", "entropy")], 1),
-    ("RTE {}% vs threshold {}%", [glue("rte", "dimee-edge"), glue("rte", "threshold")], 1),
-    ("STS-B {}% vs all-edge {}%", [glue("stsb", "dimee-cascade"), glue("stsb", "all-edge")], 1),
-    ("(DIMEE {}% vs patience {}%", [glue("qnli", "dimee"), glue("qnli", "patience")], 1),
+    ("{} settings with DIMEE refitted per setting", [key("sweep_speed.json", "settings")], "thousands"),
+    ("refitted per setting in {} s (one run)", [key("sweep_speed.json", "seconds")], 3),
+    ("MRPC best DIMEE {}% vs entropy {}%", [glue("mrpc", "dimee-edge"), glue("mrpc", "entropy")], 1),
+    ("(threshold: {}% and {}%)", [glue("rte", "threshold"), glue("sst2", "threshold")], 1),
+    ("STS-B entry+cascade DIMEE {}% vs all-edge {}%", [glue("stsb", "dimee-entry"), glue("stsb", "all-edge")], 1),
+    ("its validation drop is {} points", [glue("stsb", "dimee-entry", "drop")], 2),
     ("The oracle shows {}-{}% reduction", [oracle(min), oracle(max)], 1),
     ("(STS-B {}%, SST-2 {}%)", [glue("stsb", "oracle"), glue("sst2", "oracle")], 1),
-    ("all-cloud rows show {}%", [glue("sst2", "all-cloud")], 1),
+    ("reads -{}%", [("glue.json", lambda rows: -next(r["cost_reduction_%"] for r in rows
+                                                     if r["task"] == "rte" and r["policy"] == "patience"))], 1),
     ("WNLI's final exit is below chance ({}%)", [glue("wnli", "all-cloud", "metric")], 1),
+    ("entry+cascade DIMEE costs {} against the cascade's {}", [
+        key("routing.json", "policies", "dimee-entry", "offline_cost"),
+        key("routing.json", "policies", "dimee-cascade", "offline_cost")], 3),
+    ("saves {}% of the layers the threshold rule ran", [
+        ("routing.json", lambda d: 100 * d["policies"]["threshold"]["layers_per_1000"]["saved_share"])], 1),
+    ("and {}% for entry+cascade DIMEE", [
+        ("routing.json", lambda d: 100 * d["policies"]["dimee-entry"]["layers_per_1000"]["saved_share"])], 1),
+    ("but only {}% for the cascade", [
+        ("routing.json", lambda d: 100 * d["policies"]["dimee-cascade"]["layers_per_1000"]["saved_share"])], 1),
 ]
 
 
