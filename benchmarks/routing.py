@@ -175,7 +175,8 @@ def served_concurrent(url: str, texts: list[str], pairs: list[str] | None, clien
 def compare(reference: list[dict], other: list[dict]) -> dict:
     fields = ("exit", "route", "label")
     mismatched = [i for i, (a, b) in enumerate(zip(reference, other)) if any(a[f] != b[f] for f in fields)]
-    same = [i for i in range(len(reference)) if i not in set(mismatched)]
+    bad = set(mismatched)
+    same = [i for i in range(len(reference)) if i not in bad]
     cost_diff = max((abs(reference[i]["cost"] - other[i]["cost"]) for i in same), default=0.0)
     return {
         "n": len(other),

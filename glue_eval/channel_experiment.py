@@ -105,7 +105,6 @@ def remote_predictions(
 
 def td_experiment(cal, val, cal_remote, val_remote, snrs, encoding, hidden_size, cost_weight):
     """Fit the TD rules on calibration rows stacked over the SNRs, evaluate on validation per SNR."""
-    cal_local = local_predictions(cal.mobile_logits) == cal.labels
     val_local = local_predictions(val.mobile_logits) == val.labels
     stacked_logits = np.concatenate([cal.mobile_logits] * len(snrs))
     stacked_snr = np.concatenate([np.full(len(cal.labels), s) for s in snrs])
