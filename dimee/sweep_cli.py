@@ -81,6 +81,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         eval_split=args.eval_split,
         csv_path=args.out,
         progress=not args.quiet,
+        use_temperatures=not args.no_temperatures,
     )
     if args.out:
         print(f"wrote {len(table)} rows to {args.out}")
@@ -135,6 +136,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--shares-x", default=None, help="swept field for --shares-plot (e.g. mobile_to_edge)")
     parser.add_argument("--shares-policy", default="dimee", help="policy whose tier shares are plotted")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-temperatures",
+        action="store_true",
+        help="ignore each run's temperatures.json (by default it is applied, as in the report and the deployed policy)",
+    )
     parser.set_defaults(func=cmd_sweep)
     return parser
 

@@ -73,7 +73,7 @@ from tiers import (
     read_cached_split,
     read_run_info,
 )
-from tiers.run import LOGITS_DIR, cached_splits
+from tiers.run import LOGITS_DIR, cached_splits, read_temperatures
 
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
 
@@ -104,6 +104,14 @@ class PolicySpec:
     params: Mapping[str, str] = field(default_factory=dict)
     kind: str = "generic"  # fixed, oracle, select, dimee, random, generic
     needs_embedding: bool = False
+
+    @property
+    def takes_temperatures(self) -> bool:
+        """Whether `build` accepts ``temperatures=`` (the run's ``temperatures.json`` is then passed to it)."""
+        try:
+            return "temperatures" in inspect.signature(self.build).parameters
+        except (TypeError, ValueError):
+            return False
 
 
 def _registry() -> dict[str, PolicySpec]:
@@ -364,9 +372,10 @@ class _Data:
     unique_counts: np.ndarray  # [U] distinct token counts of the eval split
     count_index: np.ndarray  # [n] index into unique_counts
     correct_fit: np.ndarray  # [n_fit, L] bool
+    temperatures: list[float] | None  # the run's temperatures.json, if applied
 
 
-def _load(run: _Run, fit_split: str, eval_split: str) -> _Data:
+def _load(run: _Run, fit_split: str, eval_split: str, use_temperatures: bool) -> _Data:
     fit = read_cached_split(run.folder, fit_split)
     evaluation = read_cached_split(run.folder, eval_split)
     if fit.logits.shape[1:] != evaluation.logits.shape[1:]:
@@ -391,7 +400,14 @@ def _load(run: _Run, fit_split: str, eval_split: str) -> _Data:
         unique_counts=unique,
         count_index=index.reshape(-1),
         correct_fit=per_exit_correct(fit.logits, fit.labels),
+        temperatures=_run_temperatures(run, use_temperatures),
     )
+
+
+def _run_temperatures(run: _Run, use_temperatures: bool) -> list[float] | None:
+    """The run's per-exit temperatures when applied (the report and the deployed policy read the same file)."""
+    temps = read_temperatures(run.folder, run.info.plan.num_layers) if use_temperatures else None
+    return None if temps is None else [float(t) for t in temps]
 
 
 # ---- outcome statistics (cost-independent) ----------------------------------------------------------------
@@ -508,6 +524,8 @@ class _GenericSolver:
     def build(self, ctx: _Context, **override: Any) -> ExitPolicy:
         """The unfitted policy of a setting; `override` replaces constructor keywords (e.g. a fixed knob)."""
         kwargs = {**_policy_kwargs(self.spec, ctx.values), **override}
+        if self.data.temperatures is not None and self.spec.takes_temperatures:
+            kwargs.setdefault("temperatures", self.data.temperatures)
         return self.spec.build(plan=ctx.plan, cost_model=ctx.cost_model, **kwargs)
 
     def fitted(self, policy: ExitPolicy, **fit_kwargs: Any) -> _Solution:
@@ -645,7 +663,7 @@ class _SelectSolver(_GenericSolver):
 
     def _supported(self, ctx: _Context) -> bool:
         proto = self._proto(ctx)
-        return proto.selection == "max_drop" and getattr(proto, "temperatures", None) is None
+        return proto.selection == "max_drop"  # the candidates above are scored with the policy's temperatures
 
     def _with_knob(self, ctx: _Context, knob: float | int) -> _Solution:
         key = (ctx.plan.spec, knob)
@@ -768,6 +786,7 @@ def sweep(
     cost_model: CostModel | None = None,
     exact: bool = False,
     threads: int | None = 1,
+    use_temperatures: bool = True,
 ) -> pd.DataFrame:
     """Evaluate `policies` on every run over the cartesian product of `grid`; one row per (run, setting, policy).
 
@@ -788,7 +807,12 @@ def sweep(
     share_edge / share_cloud, offloads_mobile_edge / offloads_edge_cloud (samples), bytes_mobile_edge /
     bytes_edge_cloud (fp32 handoff bytes), knob (fitted threshold, patience or DIMEE's k), oracle_cost_gap
     (normalised cost - the oracle's; negative only for a policy that buys cost with accuracy),
-    oracle_accuracy_gap (oracle accuracy - accuracy, never negative), n_samples.
+    oracle_accuracy_gap (oracle accuracy - accuracy, never negative), n_samples, calibrated (whether the run's
+    ``temperatures.json`` scaled this policy's confidences).
+
+    `use_temperatures` (default True): every policy whose constructor takes ``temperatures`` gets the run's
+    ``temperatures.json`` (written by ``dimee calibrate``), as the report and the deployed policy do; a run
+    without the file is swept uncalibrated. False sweeps every run uncalibrated.
 
     Everything is checked before any fitting (unknown fields, policies or splits: ValueError; negative costs:
     CostModelError; a plan that does not fit a run: TierPlanError); `csv_path` is written only when the whole
@@ -807,7 +831,9 @@ def sweep(
         frames = []
         with tqdm(total=len(prepared) * len(settings), unit="setting", desc="sweep", disable=not progress) as bar:
             for run in prepared:
-                frames.append(_sweep_run(run, specs, settings, list(values), fit_split, eval_split, exact, bar))
+                frames.append(
+                    _sweep_run(run, specs, settings, list(values), (fit_split, eval_split), exact, use_temperatures, bar)
+                )
     finally:
         if limits is not None:
             limits.restore_original_limits()
@@ -822,12 +848,12 @@ def _sweep_run(
     specs: list[PolicySpec],
     settings: list[dict[str, Any]],
     fields: list[str],
-    fit_split: str,
-    eval_split: str,
+    splits: tuple[str, str],
     exact: bool,
+    use_temperatures: bool,
     bar: tqdm,
 ) -> pd.DataFrame:
-    data = _load(run, fit_split, eval_split)
+    data = _load(run, *splits, use_temperatures)
     solvers = {s.name: _solver(s, data, exact) for s in specs}
     order = sorted(specs, key=lambda s: s.kind == "random")  # random needs its reference's exits first
     reference = _reference_name(specs)
@@ -906,6 +932,8 @@ def _block(
     ]  # fmt: skip
     for name in ordered:
         columns[name] = np.stack([per_policy[s.name][name] for s in specs], axis=1).reshape(-1)
+    calibrated = [data.temperatures is not None and s.takes_temperatures for s in specs]
+    columns["calibrated"] = np.tile(np.array(calibrated, dtype=bool), n_rows)
     return pd.DataFrame(columns)
 
 

@@ -298,3 +298,46 @@ def test_oracle_follows_the_cost_of_every_route(run):
             row = table[(table.mobile_to_edge == a) & (table.edge_to_cloud == b)]
             np.testing.assert_allclose(row["normalised_cost"].to_numpy(), alone["normalised_cost"].to_numpy())
             np.testing.assert_allclose(row["share_mobile"].to_numpy(), alone["share_mobile"].to_numpy())
+
+
+# ---- temperatures: the run's temperatures.json, as in the report and the deployed policy -------------------
+def _calibrated_copy(run: Path, folder: Path, temps: list[float]) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(run, folder)
+    (folder / "temperatures.json").write_text(json.dumps({"temperatures": temps}))
+    return folder
+
+
+def test_sweep_applies_the_run_temperatures(run, tmp_path):
+    """A fixed threshold under temperatures.json answers where the hand-computed scaled softmax first passes."""
+    temps = [4.0, 3.0, 2.0, 1.5, 1.2, 1.0]
+    calibrated = _calibrated_copy(run, tmp_path / "cal", temps)
+    grid = {"threshold": [0.8]}
+    table = sweep(calibrated, "threshold,patience", grid, progress=False).set_index("policy")
+    raw = sweep(calibrated, "threshold", grid, progress=False, use_temperatures=False).set_index("policy")
+    assert bool(table.loc["threshold", "calibrated"]) and not bool(raw.loc["threshold", "calibrated"])
+    assert not bool(table.loc["patience", "calibrated"])  # argmax-based: it takes no temperatures
+
+    from tiers import read_cached_split
+
+    ev = read_cached_split(calibrated, "validation")
+    scaled = ev.logits / np.asarray(temps)[None, :, None]
+    probs = np.exp(scaled - scaled.max(axis=2, keepdims=True))
+    probs /= probs.sum(axis=2, keepdims=True)
+    passes = probs.max(axis=2)[:, :-1] >= 0.8
+    exits = np.where(passes.any(axis=1), passes.argmax(axis=1) + 1, 6)
+    right = ev.logits[np.arange(exits.size), exits - 1].argmax(axis=1) == ev.labels
+    assert table.loc["threshold", "accuracy"] == pytest.approx(right.mean(), abs=1e-12)
+    assert table.loc["threshold", "share_mobile"] == pytest.approx((exits <= 2).mean(), abs=1e-12)
+    assert table.loc["threshold", "share_mobile"] != raw.loc["threshold", "share_mobile"]  # the file did change it
+
+
+def test_fast_paths_equal_refitting_with_temperatures(run, tmp_path):
+    calibrated = _calibrated_copy(run, tmp_path / "cal", [2.5, 2.0, 1.5, 1.2, 1.1, 1.0])
+    grid = {"edge_to_cloud": [0.05, 0.3, 0.6], "max_drop": [0.0, 0.02]}
+    fast = sweep(calibrated, "threshold,entropy", grid, progress=False)
+    exact = sweep(calibrated, "threshold,entropy", grid, progress=False, exact=True)
+    pd.testing.assert_frame_equal(fast, exact, check_exact=False, rtol=1e-12, atol=1e-12)
+    assert fast["calibrated"].all()
