@@ -1,7 +1,7 @@
 """Calibration-aided offloading (Pacheco, Couto, Simeone) on the cached GLUE runs: does temperature scaling
 of the exits change what the offloading rules do, and is that worth accuracy?
 
-For each task (default SST-2, MRPC, RTE, CoLA from ``runs/gpu/<task>``), per-exit temperatures are fitted on the
+For each task (default SST-2 (4k-sample run), MRPC, RTE from the committed caches ``results/caches/minilm/<run>``), per-exit temperatures are fitted on the
 held-out ``calibration`` split only (carved from train; NLL, L-BFGS from T = 1.5, fit on all samples) and every
 number is scored on ``validation``. No run folder is written to: the temperatures live in the results JSON.
 
@@ -45,15 +45,15 @@ from pathlib import Path
 
 import numpy as np
 
-from clustering import DimeePolicy, ThresholdPolicy, evaluate_policy
+from clustering import DimeePolicy, ExitPolicy, ThresholdPolicy, evaluate_policy
 from clustering.profiles import confidence
 from glue_eval.calibration import fit_run_temperatures, plot_reliability, run_calibration_report
 from glue_eval.metrics import compute_glue_metrics, predictions_from_logits, primary_metric
 from glue_eval.report import MU_GRID, Tunable, choose_knob
-from tiers import CachedSplit, CostModel, TierPlan, read_cached_split, read_run_info
+from tiers import CONTINUE, HANDOFF_CLOUD, CachedSplit, CostModel, TierPlan, read_cached_split, read_run_info
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS = ("sst2", "mrpc", "rte", "cola")
+TASKS = ("sst2-4k", "mrpc", "rte")  # run folders under --runs (the committed MiniLM caches)
 TARGETS = (0.8, 0.9, 0.95)
 DIMEE_MUS_A = (0.05, 0.1, 0.2)
 SWEEP_THRESHOLDS = tuple(
@@ -66,28 +66,36 @@ FINDINGS_START, FINDINGS_END = "<!-- findings -->", "<!-- /findings -->"
 
 
 # ---- the paper's single-branch rule ------------------------------------------------------------------------
-class MobileThresholdRule:
-    """Answer at the mobile end m when its confidence is >= t, else at L (offload to the cloud's full model).
-    Knob-only (nothing is learned), so `fit` just stores the temperatures."""
+class MobileThresholdRule(ExitPolicy):
+    """The paper's rule on our routes: answer at the mobile end m when its confidence is >= t, else hand the
+    sample to the cloud at m (the direct mobile -> cloud route), which runs to L. Knob-only: nothing is learned."""
 
-    def __init__(self, plan: TierPlan, threshold: float, temperatures: np.ndarray | None = None):
-        self.plan, self.threshold, self.temperatures = plan, float(threshold), temperatures
-        self.requires_labels = False
+    fit_requires_labels = False
 
-    def fit(self, logits, labels=None, features=None) -> "MobileThresholdRule":
-        return self
+    def __init__(
+        self,
+        plan: TierPlan | None = None,
+        cost_model: CostModel | None = None,
+        temperatures: list[float] | None = None,
+        threshold: float = 0.9,
+    ):
+        self.plan, self.cost_model, self.temperatures, self.threshold = plan, cost_model, temperatures, threshold
 
-    def predict(self, logits, features=None, labels=None) -> np.ndarray:
-        m, L = self.plan.mobile_end, self.plan.num_layers
-        conf = confidence(logits[:, :m], None if self.temperatures is None else self.temperatures[:m])[:, m - 1]
-        return np.where(conf >= self.threshold, m, L).astype(np.int64)
+    def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:
+        n, m, last = logits_seen.shape[0], self.plan_.mobile_end, self.plan_.num_layers
+        if tier == 0 and depth == m:
+            conf = confidence(logits_seen, self._temps(m))[:, m - 1]
+            return np.where(conf >= float(self.threshold), m, HANDOFF_CLOUD)
+        if depth == last:
+            return np.full(n, last)
+        return np.full(n, CONTINUE)
 
 
 def builders(plan: TierPlan, cost: CostModel, temps: np.ndarray | None) -> dict[str, Callable[[float], object]]:
     t_list = None if temps is None else temps.tolist()
     return {
         "threshold": lambda t: ThresholdPolicy(plan, cost, temperatures=t_list, score="confidence", threshold=float(t)),
-        "threshold-m": lambda t: MobileThresholdRule(plan, t, temps),
+        "threshold-m": lambda t: MobileThresholdRule(plan, cost, t_list, threshold=float(t)),
         "dimee": lambda mu: DimeePolicy(plan, cost, temperatures=t_list, mu=float(mu)),
     }
 
@@ -310,7 +318,7 @@ def render_markdown(data: dict, findings: str, md_dir: Path) -> str:
         "Per-task calibration of a run folder in place (what a deployment does; writes `<run>/temperatures.json`):",
         "",
         "```",
-        "dimee calibrate runs/gpu/sst2 --plot results/calibration/reliability_sst2.png",
+        "dimee calibrate runs/<task> --plot results/calibration/reliability_<task>.png",
         "```",
         "",
         f"Runs: {runs} (MiniLM-L6 early-exit model, 6 exits, plan "
@@ -451,8 +459,8 @@ def _kept_findings(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", default="runs/gpu", help="folder holding one run folder per task")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--runs", default="results/caches/minilm", help="folder holding one run folder per task")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="run folder names under --runs")
     parser.add_argument("--plot-tasks", nargs="+", default=list(TASKS), help="tasks that get reliability diagrams")
     parser.add_argument("--out-dir", default="results/calibration")
     parser.add_argument("--markdown", default="results/calibration.md")
