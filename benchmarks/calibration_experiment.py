@@ -94,7 +94,7 @@ class MobileThresholdRule(ExitPolicy):
 def builders(plan: TierPlan, cost: CostModel, temps: np.ndarray | None) -> dict[str, Callable[[float], object]]:
     t_list = None if temps is None else temps.tolist()
     return {
-        "threshold": lambda t: ThresholdPolicy(plan, cost, temperatures=t_list, score="confidence", threshold=float(t)),
+        "threshold": lambda t: ThresholdPolicy(plan, cost, temperatures=t_list, criterion="confidence", threshold=float(t)),
         "threshold-m": lambda t: MobileThresholdRule(plan, cost, t_list, threshold=float(t)),
         "dimee": lambda mu: DimeePolicy(plan, cost, temperatures=t_list, mu=float(mu)),
     }

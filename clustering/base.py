@@ -108,6 +108,8 @@ class ExitPolicy(BaseEstimator):
 
     requires_labels: ClassVar[bool] = False  # only the oracle: decide() needs the true labels
     fit_requires_labels: ClassVar[bool] = True
+    # old param name -> new one, so that policies saved before a rename still load in from_dict
+    _renamed_params: ClassVar[dict[str, str]] = {}
 
     # ---- fitting -----------------------------------------------------------------------------------
     def fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None = None) -> "ExitPolicy":
@@ -329,7 +331,13 @@ class ExitPolicy(BaseEstimator):
             p.name: p.default for p in inspect.signature(target.__init__).parameters.values() if p.name != "self"
         }
         params = {}
-        for key, raw in data["params"].items():
+        raw_params = dict(data["params"])
+        for old_key, new_key in target._renamed_params.items():
+            if old_key in raw_params:
+                if new_key in raw_params:
+                    raise PolicyError(f"{name} params give both {old_key!r} and its new name {new_key!r}")
+                raw_params[new_key] = raw_params.pop(old_key)
+        for key, raw in raw_params.items():
             if key not in defaults:
                 raise PolicyError(f"{name} has no parameter {key!r}")
             value = _decode(raw)

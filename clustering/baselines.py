@@ -163,18 +163,22 @@ class FixedExitPolicy(_FixedTargetPolicy):
 class ThresholdPolicy(ExitPolicy):
     """Answer at the first exit whose score passes a threshold (DeeBERT style), else at L.
 
-    `score`: 'confidence' (max prob >= t), 'margin' (top1 - top2 >= t) or 'entropy' (normalised entropy
-    <= t). `threshold=None` chooses it in fit among the observed score values at exits 1..L-1 (at most
-    `n_candidates`, by quantile) plus "never exit early", using `selection` (module doc). Scores use
+    `criterion`: 'confidence' (max prob >= t), 'margin' (top1 - top2 >= t) or 'entropy' (normalised entropy
+    <= t); it was called ``score`` before that name was freed for the estimator method
+    :meth:`ExitPolicy.score` (saved policies with ``"score"`` in their params still load). `threshold=None`
+    chooses it in fit among the observed score values at exits 1..L-1 (at most `n_candidates`, by quantile)
+    plus "never exit early", using `selection` (module doc); a given `threshold` is used as is. Scores use
     `temperatures` when given.
     """
+
+    _renamed_params: ClassVar[dict[str, str]] = {"score": "criterion"}
 
     def __init__(
         self,
         plan: TierPlan | None = None,
         cost_model: CostModel | None = None,
         temperatures: Sequence[float] | None = None,
-        score: str = "confidence",
+        criterion: str = "confidence",
         threshold: float | None = None,
         selection: str = "max_drop",
         max_drop: float = 0.01,
@@ -185,7 +189,7 @@ class ThresholdPolicy(ExitPolicy):
         self.plan = plan
         self.cost_model = cost_model
         self.temperatures = temperatures
-        self.score = score
+        self.criterion = criterion
         self.threshold = threshold
         self.selection = selection
         self.max_drop = max_drop
@@ -194,11 +198,11 @@ class ThresholdPolicy(ExitPolicy):
         self.regression_tolerance = regression_tolerance
 
     def _passes(self, scores: np.ndarray, threshold: float) -> np.ndarray:
-        return scores >= threshold if _HIGHER_IS_CONFIDENT[self.score] else scores <= threshold
+        return scores >= threshold if _HIGHER_IS_CONFIDENT[self.criterion] else scores <= threshold
 
     def _never(self) -> float:
         """A threshold no score passes (scores lie in [0, 1])."""
-        return 1.0 + 1e-6 if _HIGHER_IS_CONFIDENT[self.score] else -1e-6
+        return 1.0 + 1e-6 if _HIGHER_IS_CONFIDENT[self.criterion] else -1e-6
 
     def candidate_thresholds(self, scores: np.ndarray) -> np.ndarray:
         """Observed scores at exits 1..L-1 (thinned to `n_candidates` quantiles), then 'never exit early'."""
@@ -208,13 +212,13 @@ class ThresholdPolicy(ExitPolicy):
         unique = np.unique(values)
         if unique.size > self.n_candidates:
             unique = np.unique(np.quantile(values, np.linspace(0.0, 1.0, self.n_candidates), method="nearest"))
-        if not _HIGHER_IS_CONFIDENT[self.score]:
+        if not _HIGHER_IS_CONFIDENT[self.criterion]:
             unique = unique[::-1]  # most permissive first, like the confidence order
         return np.append(unique, self._never())
 
     def exits_for_threshold(self, logits: np.ndarray, threshold: float) -> np.ndarray:
         """Exit per sample over all L exits (what predict gives), for a given threshold."""
-        scores = exit_scores(logits, self.score, self.temperatures_)
+        scores = exit_scores(logits, self.criterion, self.temperatures_)
         return self._exits_from_scores(scores, threshold)
 
     def _exits_from_scores(self, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -223,7 +227,7 @@ class ThresholdPolicy(ExitPolicy):
         return first_passing_exit(passes)
 
     def _fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None) -> None:
-        _check_choice("score", self.score, tuple(_HIGHER_IS_CONFIDENT))
+        _check_choice("criterion", self.criterion, tuple(_HIGHER_IS_CONFIDENT))
         _check_choice("selection", self.selection, SELECTIONS)
         _check_nonneg("max_drop", self.max_drop)
         _check_nonneg("mu", self.mu)
@@ -234,7 +238,7 @@ class ThresholdPolicy(ExitPolicy):
             return
         if int(self.n_candidates) < 2:
             raise PolicyError(f"n_candidates must be >= 2, got {self.n_candidates}")
-        scores = exit_scores(logits, self.score, self.temperatures_)
+        scores = exit_scores(logits, self.criterion, self.temperatures_)
         candidates = self.candidate_thresholds(scores)
         exits = np.stack([self._exits_from_scores(scores, t) for t in candidates])
         correct = per_exit_correct(logits, labels, self.regression_tolerance)
@@ -245,7 +249,7 @@ class ThresholdPolicy(ExitPolicy):
         if depth == 0:
             return np.full(logits_seen.shape[0], CONTINUE, dtype=np.int64)
         temps = None if self.temperatures_ is None else self.temperatures_[depth - 1 : depth]
-        scores = exit_scores(logits_seen[:, depth - 1 : depth], self.score, temps)[:, 0]
+        scores = exit_scores(logits_seen[:, depth - 1 : depth], self.criterion, temps)[:, 0]
         return chain_actions(self._passes(scores, self.threshold_), self.plan_, tier, depth)
 
     def _state_to_dict(self) -> dict[str, Any]:

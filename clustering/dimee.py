@@ -446,7 +446,7 @@ class DimeePolicy(ExitPolicy):
                 plan=self.plan_,
                 cost_model=self.cost_model_,
                 temperatures=None if self.temperatures_ is None else self.temperatures_.tolist(),
-                score="confidence",
+                criterion="confidence",
                 max_drop=self.max_drop,
                 regression_tolerance=self.regression_tolerance,
             ).fit(logits, labels)

@@ -103,7 +103,7 @@ def fit_run_temperatures(
     if fit_on == "exiting":
         if not (np.isfinite(exit_threshold) and 0.0 < exit_threshold <= 1.0):
             raise CalibrationError(f"exit_threshold must lie in (0, 1], got {exit_threshold}")
-        rule = ThresholdPolicy(info.plan, info.cost_model, score="confidence", threshold=float(exit_threshold))
+        rule = ThresholdPolicy(info.plan, info.cost_model, criterion="confidence", threshold=float(exit_threshold))
         exits = rule.fit(fit.logits, fit.labels).predict(fit.logits)
     return TemperatureScaler(fit_on=fit_on).fit(fit.logits, fit.labels, exits=exits)
 

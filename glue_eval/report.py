@@ -121,13 +121,13 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
         Tunable(
             "threshold",
             thresholds,
-            lambda knob: ThresholdPolicy(plan, cost, t, score="confidence", threshold=float(knob)),
+            lambda knob: ThresholdPolicy(plan, cost, t, criterion="confidence", threshold=float(knob)),
             True,
         ),
         Tunable(
             "entropy",
             tuple(np.round(np.linspace(0.9, 0.005, 60), 4)),
-            lambda knob: ThresholdPolicy(plan, cost, t, score="entropy", threshold=float(knob)),
+            lambda knob: ThresholdPolicy(plan, cost, t, criterion="entropy", threshold=float(knob)),
             True,
         ),
         Tunable("patience", tuple(range(1, plan.num_layers)), lambda k: PatiencePolicy(plan, cost, patience=int(k)), True),

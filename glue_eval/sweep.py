@@ -129,8 +129,8 @@ def _registry() -> dict[str, PolicySpec]:
         PolicySpec(
             "dimee-entry", partial(DimeePolicy, decision_exits="all", entry="embedding"), dimee, "dimee", True
         ),
-        PolicySpec("threshold", partial(ThresholdPolicy, score="confidence"), threshold, "select"),
-        PolicySpec("entropy", partial(ThresholdPolicy, score="entropy"), threshold, "select"),
+        PolicySpec("threshold", partial(ThresholdPolicy, criterion="confidence"), threshold, "select"),
+        PolicySpec("entropy", partial(ThresholdPolicy, criterion="entropy"), threshold, "select"),
         PolicySpec("patience", PatiencePolicy, {**select, "patience": "patience"}, "select"),
         PolicySpec("all-mobile", AllMobilePolicy, {}, "fixed"),
         PolicySpec("all-edge", AllEdgePolicy, {}, "fixed"),
@@ -643,7 +643,7 @@ class _SelectSolver(_GenericSolver):
             probe = self.build(ctx, **{self.knob_name: 1.0 if self.knob_name == "threshold" else 1})
             probe.fit(fit.logits, fit.labels)
             if self.knob_name == "threshold":
-                scores = exit_scores(fit.logits, probe.score, probe.temperatures_)
+                scores = exit_scores(fit.logits, probe.criterion, probe.temperatures_)
                 knobs = probe.candidate_thresholds(scores)
                 exits = np.stack([probe._exits_from_scores(scores, t) for t in knobs])  # what ThresholdPolicy.fit does
             else:

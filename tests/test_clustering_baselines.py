@@ -69,7 +69,7 @@ def test_threshold_reward_selection_trades_accuracy_for_cost():
 
 def test_entropy_threshold():
     logits, labels = easy_hard(10, 10)
-    policy = ThresholdPolicy(plan=PLAN, score="entropy").fit(logits, labels)
+    policy = ThresholdPolicy(plan=PLAN, criterion="entropy").fit(logits, labels)
     h09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)
     assert policy.threshold_ == pytest.approx(h09)
     np.testing.assert_array_equal(policy.predict(logits), [1] * 10 + [6] * 10)

@@ -36,7 +36,7 @@ FACTORIES = {
     "all_cloud": lambda: AllCloudPolicy(plan=PLAN),
     "fixed_3": lambda: FixedExitPolicy(plan=PLAN, exit_index=3),
     "confidence": lambda: ThresholdPolicy(plan=PLAN),
-    "entropy_reward": lambda: ThresholdPolicy(plan=PLAN, score="entropy", selection="reward"),
+    "entropy_reward": lambda: ThresholdPolicy(plan=PLAN, criterion="entropy", selection="reward"),
     "patience": lambda: PatiencePolicy(plan=PLAN),
     "random": lambda: RandomTierPolicy(plan=PLAN, proportions=(0.4, 0.3, 0.3), seed=3),
     "oracle": lambda: OraclePolicy(plan=PLAN),

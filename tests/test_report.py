@@ -136,7 +136,7 @@ def _validation(run):
 # ---- a fixed threshold rule -------------------------------------------------------------------------------------
 def test_threshold_rule_by_hand(run):
     """Confidence >= 0.9 passes C and W only: first C/W exit, else the last."""
-    policy = ThresholdPolicy(PLAN, CostModel(), score="confidence", threshold=0.9).fit(*_fit(run))
+    policy = ThresholdPolicy(PLAN, CostModel(), criterion="confidence", threshold=0.9).fit(*_fit(run))
     scored = report._score(policy, _validation(run), "sst2")
     exits = [1, 3, 4, 1, 6, 5, 6, 2]
     assert scored["exits"].tolist() == exits
