@@ -32,7 +32,8 @@ from .calibration import (
     negative_log_likelihood,
     reliability_curve,
 )
-from .dimee import DimeePolicy, RoutingStage
+from .dimee import DimeePolicy
+from .stages import RoutingStage, clear_cluster_cache
 from .errors import CalibrationError, PolicyError
 from .evaluation import evaluate_exits, evaluate_policy, offload_counts, sample_costs, tier_counts, tier_shares
 from .profiles import (
@@ -82,6 +83,7 @@ __all__ = [
     "PolicyError",
     "RandomTierPolicy",
     "RoutingStage",
+    "clear_cluster_cache",
     "SyntheticExits",
     "TemperatureScaler",
     "ThresholdPolicy",

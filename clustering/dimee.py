@@ -51,27 +51,18 @@ Cascade mode routes on exit profiles only: it does not combine with ``feature="e
 
 from __future__ import annotations
 
-import math
-import warnings
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import KFold
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
-from tiers import TIERS, CostModel, TierPlan
-
-from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, exit_span
+from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, TIERS, CostModel, TierPlan, exit_span
 
 from .base import ExitPolicy, register_policy
 from .baselines import ThresholdPolicy
 from .errors import PolicyError
 from .profiles import REGRESSION_TOLERANCE, exit_profile, per_exit_correct
 from .routing import chain_actions, follow_targets, path_table
+from .stages import RoutingStage, cheapest_correct_candidates, fit_cluster_stage, fit_pool_stage
 
 ASSIGNMENTS: tuple[str, ...] = ("clusters", "pools")
 POOL_RULES: tuple[str, ...] = ("oracle", "threshold")
@@ -82,162 +73,6 @@ CASCADE_POPULATIONS: tuple[str, ...] = ("all", "reached")
 ROUTE_SETS: tuple[str, ...] = ("all", "chain")
 ENTRY_FEATURES: tuple[str | None, ...] = (None, "embedding")
 CONTINUE = 0  # a cascade stage's "exit" for a cluster that continues to the next decision exit
-
-
-@dataclass
-class RoutingStage:
-    """Standardise, find the nearest centre, answer at that centre's exit. Plain arrays, so it serialises."""
-
-    mean: np.ndarray  # [d]
-    scale: np.ndarray  # [d]
-    centers: np.ndarray  # [k, d], in standardised space
-    exits: np.ndarray  # [k], 1-based exit per centre (cascade: the decision exit or CONTINUE; entry stage:
-    #                   the entry tier index 0 mobile, 1 edge, 2 cloud)
-    sizes: np.ndarray  # [k], fit samples per centre
-    routes: np.ndarray | None = None  # [k], route index (into the plan's path table) per centre, if routed
-
-    def assign(self, x: np.ndarray) -> np.ndarray:
-        """Index of the nearest centre per row (ties -> lowest index, as k-means predict)."""
-        if x.shape[1] != self.mean.shape[0]:
-            raise PolicyError(f"stage features have width {x.shape[1]}, fitted on {self.mean.shape[0]}")
-        z = (x - self.mean) / self.scale
-        d2 = (z**2).sum(axis=1)[:, None] - 2.0 * z @ self.centers.T + (self.centers**2).sum(axis=1)[None, :]
-        return d2.argmin(axis=1)
-
-    def targets(self, x: np.ndarray) -> np.ndarray:
-        return self.exits[self.assign(x)]
-
-    def target_routes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(route index, exit) of each row's nearest centre."""
-        if self.routes is None:
-            raise PolicyError("this stage has no routes (a cascade or entry stage)")
-        centre = self.assign(x)
-        return self.routes[centre], self.exits[centre]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-            "centers": self.centers.tolist(),
-            "exits": self.exits.tolist(),
-            "sizes": self.sizes.tolist(),
-        }
-        if self.routes is not None:
-            data["routes"] = self.routes.tolist()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RoutingStage":
-        mean = np.asarray(data["mean"], dtype=np.float64)
-        centers = np.asarray(data["centers"], dtype=np.float64).reshape(-1, mean.shape[0])
-        return cls(
-            mean=mean,
-            scale=np.asarray(data["scale"], dtype=np.float64),
-            centers=centers,
-            exits=np.asarray(data["exits"], dtype=np.int64),
-            sizes=np.asarray(data["sizes"], dtype=np.int64),
-            routes=None if data.get("routes") is None else np.asarray(data["routes"], dtype=np.int64),
-        )
-
-
-# ---- fitting helpers (pure functions on arrays) ---------------------------------------------------------
-def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scaler = StandardScaler().fit(x)
-    return scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
-
-
-def _kmeans(z: np.ndarray, k: int, n_init: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
-    if k == 1:
-        return z.mean(axis=0, keepdims=True), np.zeros(z.shape[0], dtype=np.int64)
-    # One thread: these fits are small and many; OpenMP threads made them 40-200x slower on a busy 2-core box.
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k: duplicate centres
-        km = KMeans(n_clusters=k, n_init=n_init, random_state=random_state).fit(z)
-    return km.cluster_centers_.astype(np.float64), km.labels_.astype(np.int64)
-
-
-def _best_candidate_per_group(groups: np.ndarray, n_groups: int, rewards: np.ndarray) -> np.ndarray:
-    """Per group: index of the candidate (column of `rewards` [n, J]) with the highest mean reward; ties ->
-    the first (cheapest) column; empty groups -> the best column overall."""
-    onehot = np.zeros((n_groups, rewards.shape[0]))
-    onehot[groups, np.arange(rewards.shape[0])] = 1.0
-    counts = onehot.sum(axis=1)
-    sums = onehot @ rewards
-    overall = rewards.mean(axis=0)
-    means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], overall[None, :])
-    return np.argmax(np.round(means, 12), axis=1)
-
-
-def _fit_stage_k(
-    x: np.ndarray, rewards: np.ndarray, candidates: np.ndarray, k: int, n_init: int, random_state: int
-) -> tuple[RoutingStage, np.ndarray]:
-    mean, scale = _standardise(x)
-    centers, labels = _kmeans((x - mean) / scale, k, n_init, random_state)
-    choice = _best_candidate_per_group(labels, centers.shape[0], rewards)
-    sizes = np.bincount(labels, minlength=centers.shape[0])
-    return RoutingStage(mean, scale, centers, candidates[choice], sizes), choice
-
-
-def fit_cluster_stage(
-    x: np.ndarray,
-    rewards: np.ndarray,
-    candidates: np.ndarray,
-    k_grid: Sequence[int],
-    n_folds: int,
-    n_init: int,
-    random_state: int,
-    k_tolerance: float = 0.0,
-) -> tuple[RoutingStage, int, dict[int, float]]:
-    """k-means routing with k chosen by cross-validated held-out reward: the smallest k whose mean held-out
-    reward is within `k_tolerance` of the best (parsimony: fewer, larger clusters generalise better). Returns
-    the stage fitted on all of `x`, the chosen k and the held-out reward of every k tried. Too few samples
-    for the folds -> one cluster."""
-    n = x.shape[0]
-    largest_train = n - math.ceil(n / n_folds)
-    feasible = sorted({int(k) for k in k_grid if 1 <= int(k) <= largest_train})
-    cv: dict[int, float] = {}
-    if n >= 2 * n_folds and feasible:
-        splits = list(KFold(n_splits=n_folds, shuffle=True, random_state=random_state).split(x))
-        for k in feasible:
-            held_out = []
-            for train, test in splits:
-                stage, choice = _fit_stage_k(x[train], rewards[train], candidates, k, n_init, random_state)
-                held_out.append(rewards[test, choice[stage.assign(x[test])]].mean())
-            cv[k] = float(np.mean(held_out))
-        best = max(cv.values())
-        best_k = min(k for k in cv if cv[k] >= best - k_tolerance - 1e-12)
-    else:
-        best_k = 1
-    stage, _ = _fit_stage_k(x, rewards, candidates, best_k, n_init, random_state)
-    return stage, best_k, cv
-
-
-def fit_pool_stage(
-    x: np.ndarray, pool_tiers: np.ndarray, rewards: np.ndarray, candidates: np.ndarray, candidate_tiers: np.ndarray
-) -> RoutingStage:
-    """Paper's rule: one centre per tier label present (mean of its standardised samples); a pool answers at
-    the best-reward candidate exit of its tier (or of the next tier holding a candidate)."""
-    mean, scale = _standardise(x)
-    z = (x - mean) / scale
-    centers, exits, sizes = [], [], []
-    for tier in np.unique(pool_tiers):
-        members = pool_tiers == tier
-        allowed = np.nonzero(candidate_tiers == tier)[0]
-        if allowed.size == 0:
-            allowed = np.nonzero(candidate_tiers >= tier)[0]
-        best = allowed[np.argmax(np.round(rewards[members][:, allowed].mean(axis=0), 12))]
-        centers.append(z[members].mean(axis=0))
-        exits.append(candidates[best])
-        sizes.append(int(members.sum()))
-    return RoutingStage(mean, scale, np.array(centers), np.array(exits, dtype=np.int64), np.array(sizes))
-
-
-def cheapest_correct_candidates(correct_at: np.ndarray, costs: np.ndarray) -> np.ndarray:
-    """Per sample, the index of the cheapest candidate that is right (`correct_at` [n, J], `costs` [J]);
-    the dearest candidate if none is right."""
-    order = np.argsort(costs, kind="stable")
-    block = correct_at[:, order]
-    return np.where(block.any(axis=1), order[block.argmax(axis=1)], order[-1])
 
 
 # ---- the policy -------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ For one fine-tuned run (plan m, e, L):
    accuracy (local answer at exit m if kept, remote answer if transmitted), offload rate, bytes sent per sample
    (`tiers.payload_size` of a one-sample handoff).
 
-Run: ``python -m glue_eval.channel_experiment runs/ckpt/sst2 runs/ckpt/mrpc --out results/channel``.
+Run: ``python -m glue_eval.channel_experiment runs/bench-sst2 runs/mrpc --out results/channel``.
 """
 
 from __future__ import annotations
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_task(
             run, args.snrs, args.encodings, args.calibration_n, args.seed, args.cost_weights, args.batch_size,
             args.clean_only,
-            args.out / f"{run.name}_predictions.npz",
+            args.out / f"{read_run_info(run).task}_predictions.npz",
         )  # fmt: skip
         (args.out / f"{result['task']}.json").write_text(json.dumps(result, indent=1))
         plot_task(result, args.out)

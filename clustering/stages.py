@@ -1,0 +1,268 @@
+"""Routing stages and their fitting: the one core every DIMEE fit runs (the policy's ``fit``, the report's knob
+choice and the cost sweep all reach it through ``DimeePolicy.fit``).
+
+A stage standardises its features, finds the nearest centre and answers with that centre's candidate. A
+cluster stage is fitted in two parts of very different cost:
+
+* the clustering (k-means for each k of the grid, on each cross-validation fold and on all samples) depends on
+  the features and the k-means settings only, not on the rewards, so it is computed once per feature matrix
+  and kept in a small in-process cache (:class:`ClusterBank`, :func:`cluster_bank`);
+* the choice (which candidate each cluster answers with, the held-out reward of each k, the chosen k) depends
+  on the rewards, i.e. on mu and the cost model, and is a few array operations on the cached clustering.
+
+So refitting a policy under another cost model or mu (a sweep, the report's mu grid) re-runs no k-means, and
+the refit is the fit itself, not a copy of it: the fitted state is identical to a fit in a fresh process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from .errors import PolicyError
+
+@dataclass
+class RoutingStage:
+    """Standardise, find the nearest centre, answer at that centre's exit. Plain arrays, so it serialises."""
+
+    mean: np.ndarray  # [d]
+    scale: np.ndarray  # [d]
+    centers: np.ndarray  # [k, d], in standardised space
+    exits: np.ndarray  # [k], 1-based exit per centre (cascade: the decision exit or CONTINUE; entry stage:
+    #                   the entry tier index 0 mobile, 1 edge, 2 cloud)
+    sizes: np.ndarray  # [k], fit samples per centre
+    routes: np.ndarray | None = None  # [k], route index (into the plan's path table) per centre, if routed
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Index of the nearest centre per row (ties -> lowest index, as k-means predict)."""
+        if x.shape[1] != self.mean.shape[0]:
+            raise PolicyError(f"stage features have width {x.shape[1]}, fitted on {self.mean.shape[0]}")
+        z = (x - self.mean) / self.scale
+        d2 = (z**2).sum(axis=1)[:, None] - 2.0 * z @ self.centers.T + (self.centers**2).sum(axis=1)[None, :]
+        return d2.argmin(axis=1)
+
+    def targets(self, x: np.ndarray) -> np.ndarray:
+        return self.exits[self.assign(x)]
+
+    def target_routes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(route index, exit) of each row's nearest centre."""
+        if self.routes is None:
+            raise PolicyError("this stage has no routes (a cascade or entry stage)")
+        centre = self.assign(x)
+        return self.routes[centre], self.exits[centre]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "centers": self.centers.tolist(),
+            "exits": self.exits.tolist(),
+            "sizes": self.sizes.tolist(),
+        }
+        if self.routes is not None:
+            data["routes"] = self.routes.tolist()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RoutingStage":
+        mean = np.asarray(data["mean"], dtype=np.float64)
+        centers = np.asarray(data["centers"], dtype=np.float64).reshape(-1, mean.shape[0])
+        return cls(
+            mean=mean,
+            scale=np.asarray(data["scale"], dtype=np.float64),
+            centers=centers,
+            exits=np.asarray(data["exits"], dtype=np.int64),
+            sizes=np.asarray(data["sizes"], dtype=np.int64),
+            routes=None if data.get("routes") is None else np.asarray(data["routes"], dtype=np.int64),
+        )
+
+
+# ---- fitting helpers (pure functions on arrays) ---------------------------------------------------------
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scaler = StandardScaler().fit(x)
+    return scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
+
+
+def _best_candidate_per_group(groups: np.ndarray, n_groups: int, rewards: np.ndarray) -> np.ndarray:
+    """Per group: index of the candidate (column of `rewards` [n, J]) with the highest mean reward; ties ->
+    the first (cheapest) column; empty groups -> the best column overall."""
+    onehot = np.zeros((n_groups, rewards.shape[0]))
+    onehot[groups, np.arange(rewards.shape[0])] = 1.0
+    counts = onehot.sum(axis=1)
+    sums = onehot @ rewards
+    overall = rewards.mean(axis=0)
+    means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], overall[None, :])
+    return np.argmax(np.round(means, 12), axis=1)
+
+
+def _kmeans(z: np.ndarray, k: int, n_init: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    if k == 1:
+        return z.mean(axis=0, keepdims=True), np.zeros(z.shape[0], dtype=np.int64)
+    # One thread: these fits are small and many; OpenMP threads made them 40-200x slower on a busy 2-core box.
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k: duplicate centres
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=random_state).fit(z)
+    return km.cluster_centers_.astype(np.float64), km.labels_.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Clustering:
+    """k-means with k clusters on some rows: standardisation, centres and the rows' labels."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    centers: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, k: int, n_init: int, random_state: int) -> "_Clustering":
+        mean, scale = _standardise(x)
+        centers, labels = _kmeans((x - mean) / scale, k, n_init, random_state)
+        return cls(mean, scale, centers, labels)
+
+    def stage(self, exits: np.ndarray) -> RoutingStage:
+        sizes = np.bincount(self.labels, minlength=self.centers.shape[0])
+        return RoutingStage(self.mean, self.scale, self.centers, exits, sizes)
+
+
+@dataclass
+class ClusterBank:
+    """The reward-independent part of :func:`fit_cluster_stage` for one feature matrix: the folds, and per k
+    the fold-wise clusterings (train labels, held-out rows' nearest centre) and the all-samples clustering,
+    each computed on first use."""
+
+    x: np.ndarray
+    n_folds: int
+    n_init: int
+    random_state: int
+    splits: list[tuple[np.ndarray, np.ndarray]] = field(init=False)
+    _folds: dict[int, list[tuple[_Clustering, np.ndarray]]] = field(init=False, default_factory=dict)
+    _full: dict[int, _Clustering] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.x.shape[0]
+        self.splits = []
+        if n >= 2 * self.n_folds:
+            folds = KFold(n_splits=self.n_folds, shuffle=True, random_state=self.random_state)
+            self.splits = list(folds.split(self.x))
+
+    def feasible_k(self, k_grid: Sequence[int]) -> list[int]:
+        """The k of `k_grid` that every fold's training part can hold (none when there are too few rows)."""
+        if not self.splits:
+            return []
+        n = self.x.shape[0]
+        largest_train = n - math.ceil(n / self.n_folds)
+        return sorted({int(k) for k in k_grid if 1 <= int(k) <= largest_train})
+
+    def folds(self, k: int) -> list[tuple[_Clustering, np.ndarray]]:
+        """Per fold: the clustering of its training rows and the nearest centre of each held-out row."""
+        if k not in self._folds:
+            out = []
+            for train, test in self.splits:
+                clustering = _Clustering.fit(self.x[train], k, self.n_init, self.random_state)
+                assigned = clustering.stage(np.zeros(clustering.centers.shape[0], dtype=np.int64)).assign(self.x[test])
+                out.append((clustering, assigned))
+            self._folds[k] = out
+        return self._folds[k]
+
+    def full(self, k: int) -> _Clustering:
+        if k not in self._full:
+            self._full[k] = _Clustering.fit(self.x, k, self.n_init, self.random_state)
+        return self._full[k]
+
+
+_BANKS: "OrderedDict[tuple, ClusterBank]" = OrderedDict()
+_MAX_BANKS = 32
+
+
+def cluster_bank(x: np.ndarray, n_folds: int, n_init: int, random_state: int) -> ClusterBank:
+    """The cached :class:`ClusterBank` of `x` (keyed by its bytes and the k-means settings; least recently
+    used banks are dropped beyond 32)."""
+    arr = np.ascontiguousarray(x)
+    digest = hashlib.sha1(arr.tobytes()).hexdigest()
+    key = (digest, arr.shape, arr.dtype.str, int(n_folds), int(n_init), int(random_state))
+    if key in _BANKS:
+        _BANKS.move_to_end(key)
+        return _BANKS[key]
+    bank = ClusterBank(arr, int(n_folds), int(n_init), int(random_state))
+    _BANKS[key] = bank
+    while len(_BANKS) > _MAX_BANKS:
+        _BANKS.popitem(last=False)
+    return bank
+
+
+def clear_cluster_cache() -> None:
+    """Drop every cached clustering (they are a pure function of their inputs; this only frees memory)."""
+    _BANKS.clear()
+
+
+def fit_cluster_stage(
+    x: np.ndarray,
+    rewards: np.ndarray,
+    candidates: np.ndarray,
+    k_grid: Sequence[int],
+    n_folds: int,
+    n_init: int,
+    random_state: int,
+    k_tolerance: float = 0.0,
+) -> tuple[RoutingStage, int, dict[int, float]]:
+    """k-means routing with k chosen by cross-validated held-out reward: the smallest k whose mean held-out
+    reward is within `k_tolerance` of the best (parsimony: fewer, larger clusters generalise better). Returns
+    the stage fitted on all of `x`, the chosen k and the held-out reward of every k tried. Too few samples
+    for the folds -> one cluster. The clusterings come from :func:`cluster_bank`."""
+    bank = cluster_bank(x, n_folds, n_init, random_state)
+    cv: dict[int, float] = {}
+    for k in bank.feasible_k(k_grid):
+        held_out = []
+        for (train, test), (clustering, assigned) in zip(bank.splits, bank.folds(k)):
+            choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards[train])
+            held_out.append(rewards[test, choice[assigned]].mean())
+        cv[k] = float(np.mean(held_out))
+    best_k = 1
+    if cv:
+        best = max(cv.values())
+        best_k = min(k for k in cv if cv[k] >= best - k_tolerance - 1e-12)
+    clustering = bank.full(best_k)
+    choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards)
+    return clustering.stage(candidates[choice]), best_k, cv
+
+
+def fit_pool_stage(
+    x: np.ndarray, pool_tiers: np.ndarray, rewards: np.ndarray, candidates: np.ndarray, candidate_tiers: np.ndarray
+) -> RoutingStage:
+    """Paper's rule: one centre per tier label present (mean of its standardised samples); a pool answers at
+    the best-reward candidate exit of its tier (or of the next tier holding a candidate)."""
+    mean, scale = _standardise(x)
+    z = (x - mean) / scale
+    centers, exits, sizes = [], [], []
+    for tier in np.unique(pool_tiers):
+        members = pool_tiers == tier
+        allowed = np.nonzero(candidate_tiers == tier)[0]
+        if allowed.size == 0:
+            allowed = np.nonzero(candidate_tiers >= tier)[0]
+        best = allowed[np.argmax(np.round(rewards[members][:, allowed].mean(axis=0), 12))]
+        centers.append(z[members].mean(axis=0))
+        exits.append(candidates[best])
+        sizes.append(int(members.sum()))
+    return RoutingStage(mean, scale, np.array(centers), np.array(exits, dtype=np.int64), np.array(sizes))
+
+
+def cheapest_correct_candidates(correct_at: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Per sample, the index of the cheapest candidate that is right (`correct_at` [n, J], `costs` [J]);
+    the dearest candidate if none is right."""
+    order = np.argsort(costs, kind="stable")
+    block = correct_at[:, order]
+    return np.where(block.any(axis=1), order[block.argmax(axis=1)], order[-1])
+
+

@@ -1,0 +1,74 @@
+"""The one DIMEE fitting core (clustering.stages): k-means is cached per feature matrix, the reward-dependent
+choice is redone per fit, and a warm fit gives exactly the state of a cold one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clustering import DimeePolicy, Group, clear_cluster_cache, make_exit_logits
+from clustering import stages
+from clustering.stages import fit_cluster_stage
+from tiers import CostModel, TierPlan
+
+PLAN = TierPlan(2, 4, 6)
+GROUPS = [Group(60, 1, 0.3, 0.2), Group(50, 3, 1.2, 0.2), Group(40, 6, 0.0, 0.1)]
+VARIANTS = {
+    "dimee": {},
+    "edge": {"edge_stage": True},
+    "embedding": {"feature": "embedding"},
+    "paper": {"feature": "embedding", "assignment": "pools"},
+    "cascade": {"decision_exits": "all"},
+    "entry": {"decision_exits": "all", "entry": "embedding"},
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_exit_logits(GROUPS, n_classes=2, seed=0, embedding_dim=8)
+
+
+def _fit(data, cost: CostModel, mu: float, **kwargs) -> DimeePolicy:
+    return DimeePolicy(PLAN, cost, mu=mu, k_grid=(1, 2, 3, 4), **kwargs).fit(
+        data.logits, data.labels, features=data.embeddings
+    )
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_a_warm_fit_has_the_state_of_a_cold_one(data, variant):
+    """Fit under other costs and mu first (the cache fills), then compare with a fit on an empty cache."""
+    kwargs = VARIANTS[variant]
+    _fit(data, CostModel().with_values(edge_to_cloud=0.6), 0.4, **kwargs)
+    warm = _fit(data, CostModel(), 0.05, **kwargs).to_dict()
+    clear_cluster_cache()
+    cold = _fit(data, CostModel(), 0.05, **kwargs).to_dict()
+    assert warm == cold
+
+
+def test_refitting_under_other_costs_runs_no_kmeans(data, monkeypatch):
+    clear_cluster_cache()
+    calls = []
+    real = stages._kmeans
+    monkeypatch.setattr(stages, "_kmeans", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    first = _fit(data, CostModel(), 0.05)
+    assert calls, "the first fit clusters"
+    calls.clear()
+    second = _fit(data, CostModel().with_values(mobile_to_edge=0.5, edge_to_cloud=0.5), 0.3)
+    assert calls == []
+    assert second.stage1_.routes.tolist() != first.stage1_.routes.tolist() or second.mu != first.mu
+
+
+def test_choice_per_cluster_by_hand():
+    """Two far-apart blobs; candidate 0 is right on blob A only, candidate 1 on both but costs 0.3."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-10, 0.1, (30, 2)), rng.normal(10, 0.1, (30, 2))])
+    correct = np.zeros((60, 2))
+    correct[:30, 0] = 1.0
+    correct[:, 1] = 1.0
+    rewards = correct - np.array([0.0, 0.3])[None, :]  # blob A: 1 vs 0.7 -> 0; blob B: 0 vs 0.7 -> 1
+    stage, k, cv = fit_cluster_stage(x, rewards, np.array([7, 9]), (1, 2, 3), 3, 2, 0, k_tolerance=0.0)
+    assert k == 2  # one cluster can only pick candidate 1 everywhere: 0.7 < 0.85
+    assert cv[1] == pytest.approx(0.7) and cv[2] == pytest.approx(0.85)
+    assigned = stage.targets(x)
+    assert (assigned[:30] == 7).all() and (assigned[30:] == 9).all()
+    assert sorted(stage.sizes.tolist()) == [30, 30]
