@@ -15,7 +15,9 @@ What is recomputed per setting, and why (this is what makes 10,000 settings chea
   cost vectors at once with one matrix product; a setting whose cheapest candidates tie to within rounding
   is settled by ``select_setting`` itself, so the result is the refit's, not an approximation of it.
 * DIMEE: refitted through its own ``fit`` once per distinct fit input (plan, the normalised cost of every
-  (route, exit) and its parameters); there is no second copy of its fitting here.
+  (route, exit) and its parameters); there is no second copy of its fitting here. Its k-means clusterings do
+  not depend on costs or mu and are cached by the fit itself (``clustering.stages``), so a refit only redoes
+  the per-cluster choice.
 * Scoring: the task metric, accuracy, tier shares, offloads and bytes depend on the routed answers only
   (route, exit, depth per sample), so they are computed once per distinct outcome; a setting's cost is a dot
   product of the (route, depth) histogram (or, with a link rate, its joint histogram with the token count)
