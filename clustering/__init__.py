@@ -5,8 +5,11 @@ and labels [n]; nothing runs a model. Imports only `tiers` below it.
 """
 
 from .base import (
+    SCORE_MU,
     ExitPolicy,
+    RewardScorer,
     policy_from_dict,
+    reward_scorer,
     register_policy,
     registered_policies,
     tier_index,
@@ -34,7 +37,8 @@ from .calibration import (
 )
 from .dimee import DimeePolicy
 from .stages import RoutingStage, clear_cluster_cache
-from .errors import CalibrationError, PolicyError
+from .exit_data import ExitData
+from .errors import CalibrationError, PolicyError, PolicyNotFittedError
 from .evaluation import evaluate_exits, evaluate_policy, offload_counts, sample_costs, tier_counts, tier_shares
 from .profiles import (
     FEATURES,
@@ -75,13 +79,17 @@ __all__ = [
     "AllMobilePolicy",
     "CalibrationError",
     "DimeePolicy",
+    "ExitData",
     "ExitPolicy",
     "FixedExitPolicy",
     "Group",
     "OraclePolicy",
     "PatiencePolicy",
     "PolicyError",
+    "PolicyNotFittedError",
     "RandomTierPolicy",
+    "RewardScorer",
+    "SCORE_MU",
     "RoutingStage",
     "clear_cluster_cache",
     "SyntheticExits",
@@ -116,6 +124,7 @@ __all__ = [
     "register_policy",
     "registered_policies",
     "reliability_curve",
+    "reward_scorer",
     "sample_costs",
     "scale_logits",
     "select_setting",

@@ -10,6 +10,13 @@ deployment (a handoff at a boundary the receiver does not accept is an error).
 
 Serialisation: :meth:`to_dict` gives a JSON-compatible dict (params, plan and cost model as dicts, fitted
 state as lists), :func:`policy_from_dict` rebuilds any registered policy. No pickle.
+
+scikit-learn: X is the cached logits [n, L, C], or an :class:`ExitData` carrying them with per-sample
+features (so that model selection splits the features with the folds); y the labels. :meth:`ExitPolicy.score`
+is the mean reward (right answer - ``SCORE_MU`` x normalised cost), the same for every policy and every
+parameter setting, so ``GridSearchCV(policy, grid)`` (or ``scoring=reward_scorer(mu)`` for another cost
+weight) compares candidates on one scale. Using a policy before fit raises :class:`PolicyNotFittedError`, a
+PolicyError and scikit-learn's NotFittedError.
 """
 
 from __future__ import annotations
@@ -22,11 +29,16 @@ from sklearn.base import BaseEstimator
 
 from tiers import TIERS, CostModel, RouteError, TierPlan, check_actions, default_plan
 
-from .errors import PolicyError
+from .errors import PolicyError, PolicyNotFittedError
+from .evaluation import evaluate_policy
+from .exit_data import unpack_exit_data
 from .profiles import as_logits, check_labels, check_temperatures
 from .routing import Outcome, PathTable, path_table, simulate
 
 FORMAT_VERSION = 1
+# The cost weight of ExitPolicy.score's reward (DIMEE's default mu). Fixed, not any policy's own `mu`, so that
+# every candidate of a grid search (over mu too) is scored on one scale; reward_scorer(mu) gives another weight.
+SCORE_MU = 0.1
 _BASE_FITTED = ("plan_", "cost_model_", "num_layers_", "n_classes_", "n_features_", "temperatures_")
 _REGISTRY: dict[str, type["ExitPolicy"]] = {}
 
@@ -53,6 +65,36 @@ def tier_index(tier: str | int) -> int:
 def tier_exit_range(plan: TierPlan, tier: int) -> tuple[int, int]:
     """First and last exit (1-based, inclusive) a tier holds; first > last when it holds none."""
     return plan.layer_range(TIERS[tier])
+
+
+def _check_score_mu(mu: float) -> float:
+    value = float(mu)
+    if not np.isfinite(value) or value < 0:
+        raise PolicyError(f"the score's cost weight mu must be finite and >= 0, got {mu!r}")
+    return value
+
+
+class RewardScorer:
+    """A scikit-learn scorer ``(estimator, X, y) -> float``: :meth:`ExitPolicy.score` with cost weight `mu`.
+    Build it with :func:`reward_scorer`."""
+
+    def __init__(self, mu: float):
+        self.mu = _check_score_mu(mu)
+
+    def __call__(self, estimator: "ExitPolicy", X: Any, y: np.ndarray) -> float:
+        if not isinstance(estimator, ExitPolicy):
+            raise PolicyError(f"reward_scorer scores exit policies, got {type(estimator).__name__}")
+        return estimator.score(X, y, mu=self.mu)
+
+    def __repr__(self) -> str:
+        return f"reward_scorer(mu={self.mu!r})"
+
+
+def reward_scorer(mu: float) -> RewardScorer:
+    """A scorer for scikit-learn's model selection: the mean reward of :meth:`ExitPolicy.score` with cost
+    weight `mu` instead of ``SCORE_MU``, e.g. ``GridSearchCV(DimeePolicy(), {"mu": [...]},
+    scoring=reward_scorer(0.05))``. The weight is the scorer's, the same for every candidate."""
+    return RewardScorer(mu)
 
 
 def final_tier(plan: TierPlan) -> int:
@@ -113,7 +155,9 @@ class ExitPolicy(BaseEstimator):
 
     # ---- fitting -----------------------------------------------------------------------------------
     def fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None = None) -> "ExitPolicy":
-        """Fit on the held-out split's cached logits [n, L, C] and labels [n]; `features` [n, d] optional."""
+        """Fit on the held-out split's cached logits [n, L, C] and labels [n]; `features` [n, d] optional.
+        `logits` may be an :class:`ExitData` carrying the features (then `features` stays None)."""
+        logits, features = unpack_exit_data(logits, features)
         arr = as_logits(logits)
         n, num_layers, n_classes = arr.shape
         if n == 0:
@@ -198,8 +242,10 @@ class ExitPolicy(BaseEstimator):
         self, logits: np.ndarray, features: np.ndarray | None = None, labels: np.ndarray | None = None
     ) -> Outcome:
         """Route, exit and depth per sample, by driving :meth:`step` over the cached logits with the segment
-        driver the services use. `labels` are passed only to policies with ``requires_labels`` (the oracle)."""
+        driver the services use. `labels` are passed only to policies with ``requires_labels`` (the oracle).
+        `logits` may be an :class:`ExitData` carrying the features."""
         self._check_fitted()
+        logits, features = unpack_exit_data(logits, features)
         arr = self._checked_logits(logits)
         n = arr.shape[0]
         feats = self._as_features(features, n, expected_width=self.n_features_)
@@ -231,8 +277,28 @@ class ExitPolicy(BaseEstimator):
     def predict(
         self, logits: np.ndarray, features: np.ndarray | None = None, labels: np.ndarray | None = None
     ) -> np.ndarray:
-        """1-based answering exit per sample (the route is in :meth:`predict_outcome`)."""
+        """1-based answering exit per sample (the route is in :meth:`predict_outcome`); `logits` may be an
+        :class:`ExitData`."""
         return self.predict_outcome(logits, features, labels).exits
+
+    def score(
+        self, X: Any, y: np.ndarray, features: np.ndarray | None = None, *, mu: float | None = None
+    ) -> float:
+        """Mean reward over the samples: 1 if the answer at the chosen exit is right (``per_exit_correct``,
+        with the policy's regression tolerance) minus `mu` x the normalised cost of the sample's route and
+        depth (the cost :func:`evaluate_policy` reports). Higher is better, as scikit-learn expects.
+
+        X: logits [n, L, C] (with `features`) or an :class:`ExitData`; y: the true labels (also handed to
+        policies that need them to decide, the oracle). `mu` defaults to the module's ``SCORE_MU`` = 0.1,
+        never the policy's own ``mu`` param, so that a grid search over ``mu`` scores every candidate on one
+        scale; ``scoring=reward_scorer(mu)`` picks another weight."""
+        self._check_fitted()
+        weight = SCORE_MU if mu is None else _check_score_mu(mu)
+        logits, feats = unpack_exit_data(X, features)
+        if y is None:
+            raise PolicyError(f"{type(self).__name__}.score needs the true labels y")
+        result = evaluate_policy(self, logits, y, feats)
+        return float(result["accuracy"] - weight * result["normalised_cost"])
 
     # ---- checks ------------------------------------------------------------------------------------
     def __sklearn_is_fitted__(self) -> bool:
@@ -240,7 +306,9 @@ class ExitPolicy(BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not self.__sklearn_is_fitted__():
-            raise PolicyError(f"{type(self).__name__} is not fitted yet: call fit() on a held-out split first")
+            raise PolicyNotFittedError(
+                f"{type(self).__name__} is not fitted yet: call fit() on a held-out split first"
+            )
 
     def _check_classes(self, arr: np.ndarray) -> None:
         if arr.shape[2] != self.n_classes_:

@@ -20,6 +20,7 @@ from tiers import CONTINUE, CostModel, TierPlan, chain_path, reference_path
 from .base import ExitPolicy, register_policy
 from .errors import PolicyError
 from .evaluation import check_exits, tier_shares
+from .exit_data import unpack_exit_data
 from .routing import Outcome, chain_actions, follow_targets, path_table
 from .profiles import REGRESSION_TOLERANCE, check_labels, exit_scores, is_regression, per_exit_correct, predictions
 
@@ -472,6 +473,7 @@ class OraclePolicy(ExitPolicy):
     ) -> Outcome:
         """Per sample the cheapest (route, exit) whose answer is right; the all-cloud reference route if none."""
         self._check_fitted()
+        logits, features = unpack_exit_data(logits, features)
         if labels is None:
             raise PolicyError("OraclePolicy needs the true labels to decide (it is a bound, not a policy)")
         arr = self._checked_logits(logits)

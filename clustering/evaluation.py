@@ -14,6 +14,7 @@ import numpy as np
 from tiers import TIERS, CostModel, TierPlan
 
 from .errors import PolicyError
+from .exit_data import unpack_exit_data
 from .profiles import REGRESSION_TOLERANCE, as_logits, check_labels, per_exit_correct, predictions
 from .routing import Outcome, outcome_of_chain_exits
 
@@ -174,7 +175,9 @@ def evaluate_policy(
     hidden_size: int = 0,
 ) -> dict[str, Any]:
     """`evaluate_exits` on a fitted policy's routed answers, with its own plan, cost model and tolerance;
-    `token_counts` (and `hidden_size`) make payload-size charges per sample exact when a link rate is set."""
+    `token_counts` (and `hidden_size`) make payload-size charges per sample exact when a link rate is set.
+    `logits` may be an :class:`ExitData` carrying the features."""
+    logits, features = unpack_exit_data(logits, features)
     outcome = policy.predict_outcome(logits, features, labels=labels if policy.requires_labels else None)
     tolerance = getattr(policy, "regression_tolerance", REGRESSION_TOLERANCE)
     return evaluate_exits(
