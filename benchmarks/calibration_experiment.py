@@ -325,8 +325,8 @@ def render_markdown(data: dict, findings: str, md_dir: Path) -> str:
         "mobile 1-2 / edge 3-4 / cloud 5-6, default cost model). Temperatures: one per exit, NLL-optimal on the "
         "held-out `calibration` split (carved from train), L-BFGS from T = 1.5, fitted on all samples. Every "
         "policy is fitted on `calibration` and scored once on `validation` (GLUE dev). ECE: 15 equal-width bins. "
-        "Accuracy is the fraction of samples whose chosen exit is right; the task metric (F1 for MRPC, Matthews "
-        "for CoLA, accuracy otherwise) is in the JSON.",
+        "Accuracy is the fraction of samples whose chosen exit is right; the task metric (F1 for MRPC, "
+        "accuracy otherwise) is in the JSON.",
         "",
         "Policies (each `raw` = uncalibrated confidences, `cal` = temperature-scaled):",
         "",

@@ -273,7 +273,7 @@ def plot_task(result: dict, out: Path) -> list[Path]:
             x, y = [r["snr_db"] for r in rows], [r["accuracy"] for r in rows]
             ax.plot(x, y, style, color=colour, marker="o", ms=3, label=rule)
         ax.set_title(f"{task}: TD rules, {enc} handoff (w={result['cost_weights'][0]:g})", fontsize=9)
-        ax.set_xlabel("SNR of the mobile->edge hop (dB)")
+        ax.set_xlabel("SNR of every hop (dB)")
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=7)

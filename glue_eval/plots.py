@@ -14,6 +14,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .scoreboard import pareto_front  # noqa: F401 (also public here: the plots draw it)
+
 ORACLE = "oracle"
 ALL_CLOUD = "all-cloud"
 _TIER_COLOURS = {"mobile": "#4c72b0", "edge": "#dd8452", "cloud": "#55a868"}
@@ -42,21 +44,6 @@ def _one_task(df: pd.DataFrame, task: str | None) -> tuple[pd.DataFrame, str]:
 def _metric_label(rows: pd.DataFrame) -> str:
     names = rows["metric_name"].unique() if "metric_name" in rows else ["accuracy"]
     return " / ".join(_METRIC_LABELS.get(str(n), str(n)) for n in names) + " (x100)"
-
-
-def pareto_front(cost: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Points not dominated by a cheaper-or-equal point with a higher-or-equal score, sorted by cost (NaN
-    scores are dropped): the best score reachable at each cost."""
-    keep = np.isfinite(cost) & np.isfinite(score)
-    order = np.lexsort((-score[keep], cost[keep]))
-    c, s = cost[keep][order], score[keep][order]
-    front_c, front_s, best = [], [], -np.inf
-    for ci, si in zip(c, s):
-        if si > best:
-            front_c.append(ci)
-            front_s.append(si)
-            best = si
-    return np.array(front_c), np.array(front_s)
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:

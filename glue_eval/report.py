@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ from tiers import CachedSplit, CostModel, TierPlan, read_cached_split, read_run_
 from tiers.run import POLICY_FILE, read_temperatures
 
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
+from .scoreboard import BUDGETS, scoreboard
 
 CALIBRATION = "calibration"
 VALIDATION = "validation"
@@ -77,6 +78,7 @@ class KnobChoice:
     cv_drop: float
     cv_cost: float
     meets_target: bool
+    points: tuple[tuple[float, float, float], ...] = ()  # (knob, cv_drop, cv_cost) of every knob tried
 
 
 def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray | None = None) -> list[Tunable]:
@@ -173,6 +175,7 @@ def cross_fit_knob(
     parts = [(_subset(fit, a), _subset(fit, b)) for a, b in (halves, halves[::-1])]
     best: KnobChoice | None = None
     fallback: KnobChoice | None = None
+    points: list[tuple[float, float, float]] = []
     for knob in family.knobs:
         drops, costs = [], []
         for part_a, part_b in parts:
@@ -181,13 +184,14 @@ def cross_fit_knob(
             drops.append(scored["final_metric"] - scored["metric"])
             costs.append(scored["normalised_cost"])
         drop, mean_cost = float(np.mean(drops)), float(np.mean(costs))
+        points.append((knob, drop, mean_cost))
         if fallback is None or drop < fallback.cv_drop:
             fallback = KnobChoice(knob, drop, mean_cost, False)
         if _meets(drop, max_drop) and (best is None or mean_cost < best.cv_cost):
             best = KnobChoice(knob, drop, mean_cost, True)
     if fallback is None:
         raise ValueError(f"policy family {family.name!r} has no knobs to choose from")
-    return best if best is not None else fallback
+    return replace(best if best is not None else fallback, points=tuple(points))
 
 
 def choose_knob(
@@ -269,7 +273,7 @@ def report_tables(
     def add(name, knob, choice, policy) -> None:
         scored = _score(policy, evaluation, task)
         rows.append(_row(name, knob, choice, scored, task))
-        curve_rows.append(_row(name, knob, None, scored, task))
+        curve_rows.append(_row(name, knob, choice, scored, task))
 
     for name, cls in zip(FIXED, (AllMobilePolicy, AllEdgePolicy, AllCloudPolicy)):
         policy = cls(plan, cost).fit(fit.logits, fit.labels)
@@ -279,10 +283,11 @@ def report_tables(
         if family.needs_embedding and (fit.embedding is None or evaluation.embedding is None):
             continue
         choice = cross_fit_knob(family, fit, task, max_drop)
+        cv_of = {k: KnobChoice(k, d, c, _meets(d, max_drop)) for k, d, c in choice.points}
         for knob in family.knobs if curves else [choice.knob]:
             policy = family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding)
             scored = _score(policy, evaluation, task)
-            curve_rows.append(_row(family.name, knob, None, scored, task))
+            curve_rows.append(_row(family.name, knob, cv_of.get(knob), scored, task))
             if knob == choice.knob:  # the table's row: the same scored numbers as this curve point
                 rows.append(_row(family.name, knob, choice, scored, task))
                 if family.name == "dimee":
@@ -378,11 +383,12 @@ def write_glue_report(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables, notes = [], []
+    tables, all_curves, notes = [], [], []
     for run in runs:
         info = read_run_info(run)
         table, curves = report_tables(run, max_drop=max_drop, families=families, use_temperatures=use_temperatures)
         tables.append(table)
+        all_curves.append(curves)
         plot_pareto(pareto_frame(curves), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
         temps = "temperatures.json applied" if run_temperatures(run, info.plan.num_layers, use_temperatures) is not None else "uncalibrated"
         notes.append(
@@ -391,6 +397,11 @@ def write_glue_report(
     combined = pd.concat(tables, ignore_index=True)
     (out_dir / "glue.json").write_text(combined.to_json(orient="records", indent=1))
     summary = _summary(combined)
+    per_policy, board = scoreboard(pd.concat(all_curves, ignore_index=True), DIMEE_VARIANTS, BASELINES)
+    (out_dir / "glue_scoreboard.json").write_text(
+        json.dumps({"policies": per_policy.to_dict(orient="records"), "summary": board.to_dict(orient="records")}, indent=1)
+    )
+    ahead = int(board["dimee_ahead"].fillna(False).astype(bool).sum()) if len(board) else 0
     shown = combined.assign(meets_target=[_target_cell(v) for v in combined["meets_target"]])
     missed = int((combined["meets_target"] == False).sum())  # noqa: E712 (None = not applicable)
     lines = [
@@ -412,6 +423,24 @@ def write_glue_report(
         "its validation figures)",
         "",
         markdown_table(summary),
+        "",
+        "## Scoreboard: whole curves (Pareto area and metric at equal cost)",
+        "",
+        "Each policy's Pareto front over its knob, with the trivial deployments all-mobile and all-cloud added "
+        "(any policy can fall back to them), on the common cost range [all-mobile's cost, 1]. `area`: the mean "
+        "over that range of (front metric - all-cloud metric), in metric points (0: no better than mixing "
+        "all-mobile and all-cloud; higher is better). `gap@b`: front metric - all-cloud metric at cost budget "
+        f"b ({', '.join(f'{b:g}' for b in BUDGETS)}). `cal_area` is computed from the cross-fitted calibration "
+        "figures the knob choice uses; the DIMEE variant and the baseline compared per task are the ones with "
+        "the highest `cal_area`, and validation (`val_area`, `gap@b`) is read once to score them "
+        "(`glue_eval/scoreboard.py`).",
+        "",
+        f"DIMEE (chosen on calibration) at or above the chosen baseline in validation area on {ahead} of "
+        f"{len(board)} task(s).",
+        "",
+        markdown_table(board),
+        "",
+        markdown_table(per_policy),
         "",
         "## Every policy, every task",
         "",

@@ -5,8 +5,8 @@ Two effects of a bad link, modelled separately:
 * **Noise on what is sent** (:meth:`Channel.apply_noise`): additive white Gaussian noise on the values of the
   real tokens that travel (padding never travels, so it gets none). The SNR is per sample: the signal power of
   a sample is the mean square of its real-token values, and the noise variance is that power / 10^(SNR/10).
-  In the offline experiment the noise acts on the *decoded* values of a handoff (what the receiver reads
-  after fp32/fp16/int8 encoding), i.e. on what the transmitter put on the air.
+  :func:`send_hidden_states` adds it to the hidden states before they are encoded (fp32/fp16/int8), on every
+  hop; the services and the offline channel experiment both call it, so they see the same channel.
 * **Packet loss with retransmission** (:meth:`Channel.transmission`): a payload is cut into packets of
   `packet_bytes`; each packet is lost independently with probability `packet_loss` and resent, up to
   `max_retransmissions` times (None: until it gets through). Expected transmissions per packet are

@@ -1,0 +1,132 @@
+"""Whole curves, not one operating point: the Pareto area and the metric at equal cost, per task and policy.
+
+A policy's Pareto front is the best task metric it reaches at a normalised cost <= c, over its knob's points.
+Every front also holds the two trivial deployments any policy can fall back to, all-mobile (the cheapest) and
+all-cloud (cost 1, the final exit's metric), so each front is defined on one common range per task:
+[all-mobile's cost, 1]. On it:
+
+* ``area``: the mean, over 2001 equally spaced costs of that range, of (front metric - all-cloud metric), in
+  metric points: 0 means "no better than trivially mixing all-mobile and all-cloud", higher is better, and a
+  front above the all-cloud metric is positive;
+* ``gap@b``: front metric - all-cloud metric at cost budget b.
+
+Both are computed twice: on the calibration split from the cross-fitted figures the knob choice uses
+(``cv_drop``, ``cv_cost``), and on validation. The best DIMEE variant and the best baseline are chosen by
+their calibration area only; validation is read once, to score the two choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+BUDGETS: tuple[float, ...] = (0.5, 0.7, 0.9)
+_GRID = 2001
+
+
+def pareto_front(cost: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points not dominated by a cheaper-or-equal point with a higher-or-equal score, sorted by cost (NaN
+    scores are dropped): the best score reachable at each cost."""
+    cost, score = np.asarray(cost, dtype=float), np.asarray(score, dtype=float)
+    keep = np.isfinite(cost) & np.isfinite(score)
+    order = np.lexsort((-score[keep], cost[keep]))
+    c, s = cost[keep][order], score[keep][order]
+    front_c, front_s, best = [], [], -np.inf
+    for ci, si in zip(c, s):
+        if si > best:
+            front_c.append(ci)
+            front_s.append(si)
+            best = si
+    return np.array(front_c), np.array(front_s)
+
+
+def front_at(cost: np.ndarray, score: np.ndarray, budgets: np.ndarray | Sequence[float]) -> np.ndarray:
+    """The best score among the points with cost <= each budget. A budget below every point's cost has no
+    answer: ValueError naming the cheapest point."""
+    front_c, front_s = pareto_front(cost, score)
+    b = np.asarray(budgets, dtype=float)
+    if front_c.size == 0:
+        raise ValueError("no finite (cost, metric) point to build a Pareto front from")
+    if not np.isfinite(b).all() or (b < front_c[0] - 1e-12).any():
+        raise ValueError(
+            f"cost budget(s) {b[~np.isfinite(b) | (b < front_c[0] - 1e-12)].tolist()} are below the cheapest "
+            f"point of the curve (normalised cost {front_c[0]:.4f}): choose budgets >= {front_c[0]:.4f}"
+        )
+    index = np.searchsorted(front_c, b + 1e-12, side="right") - 1
+    return front_s[index]
+
+
+def curve_scores(
+    cost: np.ndarray, gap: np.ndarray, trivial: Sequence[tuple[float, float]], budgets: Sequence[float] = BUDGETS
+) -> dict[str, float]:
+    """Area and gaps at `budgets` of one policy's points (normalised cost, metric gap vs all-cloud in points)
+    with the `trivial` (cost, gap) points (all-mobile, all-cloud) added; the range starts at the cheapest
+    trivial point and ends at cost 1."""
+    t_cost = np.array([c for c, _ in trivial], dtype=float)
+    t_gap = np.array([g for _, g in trivial], dtype=float)
+    all_cost = np.concatenate([np.asarray(cost, dtype=float), t_cost])
+    all_gap = np.concatenate([np.asarray(gap, dtype=float), t_gap])
+    lo = float(t_cost.min())
+    if lo >= 1.0:
+        raise ValueError(f"the cheapest trivial deployment costs {lo:.4f} >= 1: there is no cost range to compare on")
+    grid = np.linspace(lo, 1.0, _GRID)
+    out = {"area": float(front_at(all_cost, all_gap, grid).mean())}
+    for b in budgets:
+        if not lo - 1e-12 <= b <= 1.0 + 1e-12:
+            raise ValueError(f"cost budget {b} is outside the compared range [{lo:.4f}, 1]: choose budgets in it")
+        out[f"gap@{b:g}"] = float(front_at(all_cost, all_gap, [b])[0])
+    return out
+
+
+def scoreboard(
+    curves: pd.DataFrame,
+    dimee_names: Sequence[str],
+    baseline_names: Sequence[str],
+    budgets: Sequence[float] = BUDGETS,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per policy, per task summary) from the report's curve rows (``task, policy, normalised_cost, drop,
+    cv_cost, cv_drop``; the all-mobile and all-cloud rows included).
+
+    Per policy: calibration area (``cal_area``) and validation area and gaps. Summary: per task the DIMEE
+    variant and the baseline with the highest calibration area, their validation areas, and ``dimee_ahead``
+    (validation area of the chosen DIMEE >= the chosen baseline's)."""
+    rows, summary = [], []
+    for task, group in curves.groupby("task", sort=False):
+        trivial = group[group["policy"].isin(["all-mobile", "all-cloud"])]
+        if len(trivial) != 2:
+            raise ValueError(f"{task}: the curves need the all-mobile and all-cloud rows")
+        val_trivial = list(zip(trivial["normalised_cost"].astype(float), -trivial["drop"].astype(float)))
+        cal_trivial = list(zip(trivial["cv_cost"].astype(float), -trivial["cv_drop"].astype(float)))
+        for name in [*dimee_names, *baseline_names]:
+            points = group[group["policy"] == name]
+            if not len(points):
+                continue
+            val = curve_scores(points["normalised_cost"], -points["drop"].astype(float), val_trivial, budgets)
+            cal = curve_scores(points["cv_cost"], -points["cv_drop"].astype(float), cal_trivial, ())
+            rows.append({
+                "task": task,
+                "policy": name,
+                "kind": "dimee" if name in dimee_names else "baseline",
+                "cal_area": round(cal["area"], 3),
+                "val_area": round(val["area"], 3),
+                **{k: round(v, 2) for k, v in val.items() if k != "area"},
+            })
+        table = pd.DataFrame([r for r in rows if r["task"] == task])
+        if not len(table):
+            continue
+        best = {}
+        for kind in ("dimee", "baseline"):
+            part = table[table["kind"] == kind]
+            best[kind] = None if not len(part) else part.iloc[int(np.argmax(part["cal_area"].to_numpy()))]
+        d, b = best["dimee"], best["baseline"]
+        summary.append({
+            "task": task,
+            "DIMEE (chosen on calibration)": "" if d is None else d["policy"],
+            "DIMEE val_area": None if d is None else d["val_area"],
+            "baseline (chosen on calibration)": "" if b is None else b["policy"],
+            "baseline val_area": None if b is None else b["val_area"],
+            "dimee_ahead": None if d is None or b is None else bool(d["val_area"] >= b["val_area"]),
+        })
+    return pd.DataFrame(rows), pd.DataFrame(summary)
