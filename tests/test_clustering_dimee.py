@@ -37,7 +37,10 @@ def test_groups_go_to_the_right_tier(fit_test):
     assert policy.n_clusters_ in SMALL_GRID
     assert set(policy.cv_rewards_) == set(SMALL_GRID)
     assert sum(policy.tier_shares_.values()) == pytest.approx(1.0)
-    assert policy.tier_shares_ == tier_shares(policy.predict(fit.logits), PLAN)
+    # independent reference: the fit split's groups were built to be answered on mobile, edge and cloud
+    expected = {tier: float((fit.groups == g).mean()) for g, tier in enumerate(("mobile", "edge", "cloud"))}
+    for tier, share in expected.items():
+        assert policy.tier_shares_[tier] == pytest.approx(share, abs=0.03), tier
     assert {row["tier"] for row in policy.cluster_table()} == {"mobile", "edge", "cloud"}
 
 
@@ -183,7 +186,8 @@ def test_cascade_answers_easy_samples_at_exit_1(fit_test, cascade):
     assert all(k in SMALL_GRID for k in cascade.cascade_n_clusters_)
     assert cascade.n_clusters_ == sum(cascade.cascade_n_clusters_)
     assert cascade.stage1_ is None and cascade.stage2_ is None
-    assert cascade.tier_shares_ == tier_shares(cascade.predict(fit.logits), PLAN)
+    for g, tier in enumerate(("mobile", "edge", "cloud")):  # the groups' tiers, by construction of the data
+        assert cascade.tier_shares_[tier] == pytest.approx(float((fit.groups == g).mean()), abs=0.03), tier
     table = cascade.cluster_table()
     assert len(table) == cascade.n_clusters_
     assert {row["exit"] for row in table} <= {0, 1, 2, 3, 4, 5}
