@@ -35,7 +35,17 @@ def key(path: str, *keys: str):
 
 
 # (README phrase, [(results file, value getter), ...], decimals)
+def board(task: str, column: str):
+    return ("glue_scoreboard.json", lambda d: next(r[column] for r in d["summary"] if r["task"] == task))
+
+
 QUOTES = [
+    ("in validation Pareto area on {} of {} tasks", [
+        ("glue_scoreboard.json", lambda d: sum(bool(r["dimee_ahead"]) for r in d["summary"])),
+        ("glue_scoreboard.json", lambda d: len(d["summary"]))], 0),
+    ("MRPC (dimee-entry {} vs threshold {} points)", [board("mrpc", "DIMEE val_area"), board("mrpc", "baseline val_area")], "raw"),
+    ("RTE (dimee-paper {} vs {})", [board("rte", "DIMEE val_area"), board("rte", "baseline val_area")], "raw"),
+    ("SST-2 (dimee-edge {} vs {})", [board("sst2", "DIMEE val_area"), board("sst2", "baseline val_area")], "raw"),
     ("{} settings with DIMEE refitted per setting", [key("sweep_speed.json", "settings")], "thousands"),
     ("refitted per setting in {} s (one run)", [key("sweep_speed.json", "seconds")], 3),
     ("MRPC best DIMEE {}% vs entropy {}%", [glue("mrpc", "dimee-edge"), glue("mrpc", "entropy")], 1),
@@ -62,6 +72,8 @@ QUOTES = [
 def _printed(value, decimals) -> str:
     if decimals == "thousands":
         return f"{int(value):,}"
+    if decimals == "raw":  # printed as stored (the scoreboard rounds to 3 decimals, trailing zeros dropped)
+        return str(value)
     return f"{float(value):.{decimals}f}"
 
 
