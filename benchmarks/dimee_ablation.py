@@ -1,0 +1,148 @@
+"""What each DIMEE fitting choice buys, per task, on the committed logit caches (no model is run).
+
+Every variant is a DIMEE policy family over the report's mu grid; like the report, each knob's figures on the
+calibration split come from two-fold cross-fitting, and each knob is also fitted on the whole calibration split
+and scored once on validation. The whole-curve scores (``glue_eval.scoreboard``: Pareto area over
+[all-mobile's cost, 1], in metric points vs all-cloud; higher is better) are given on both splits, next to the
+confidence threshold's. A choice "wins" where it raises the calibration area over its base variant; the
+validation column shows whether that carries over to held-out data.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dimee_ablation.py      # -> results/dimee_ablation.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clustering import DimeePolicy  # noqa: E402
+from glue_eval.report import MU_GRID, Tunable, markdown_table, report_tables, run_temperatures, tunable_policies  # noqa: E402
+from glue_eval.scoreboard import scoreboard  # noqa: E402
+from tiers import read_run_info  # noqa: E402
+
+RUNS = ("mrpc", "rte", "sst2-4k", "stsb", "wnli")
+RICH = ("confidence", "entropy", "margin")
+# (name, base variant, DimeePolicy keywords): each row changes one thing of its base
+VARIANTS: tuple[tuple[str, str, dict], ...] = (
+    ("dimee", "", {}),
+    ("dimee +entropy,margin", "dimee", {"profile_features": RICH}),
+    ("dimee k<=4", "dimee", {"k_grid": (1, 2, 3, 4)}),
+    ("dimee k_tolerance=0.01", "dimee", {"k_tolerance": 0.01}),
+    ("dimee 5 folds", "dimee", {"n_folds": 5}),
+    ("dimee chain routes", "dimee", {"routes": "chain"}),
+    ("cascade", "", {"decision_exits": "all"}),
+    ("cascade +entropy,margin", "cascade", {"decision_exits": "all", "profile_features": RICH}),
+    ("cascade k<=4", "cascade", {"decision_exits": "all", "k_grid": (1, 2, 3, 4)}),
+    ("cascade k_tolerance=0.01", "cascade", {"decision_exits": "all", "k_tolerance": 0.01}),
+    ("cascade tier ends", "cascade", {"decision_exits": "tier_ends"}),
+    ("cascade reached", "cascade", {"decision_exits": "all", "cascade_population": "reached"}),
+    ("entry+cascade", "cascade", {"decision_exits": "all", "entry": "embedding"}),
+    ("cascade +entropy,margin, 5 folds", "cascade", {"decision_exits": "all", "profile_features": RICH, "n_folds": 5}),
+    ("entry+cascade +entropy,margin, 5 folds", "entry+cascade",
+     {"decision_exits": "all", "entry": "embedding", "profile_features": RICH, "n_folds": 5}),
+    ("dimee +entropy,margin, 5 folds", "dimee", {"profile_features": RICH, "n_folds": 5}),
+    ("paper (embedding pools)", "", {"feature": "embedding", "assignment": "pools"}),
+)
+
+
+def families(run: Path) -> list[Tunable]:
+    info = read_run_info(run)
+    plan, cost = info.plan, info.cost_model
+    temps = run_temperatures(run, plan.num_layers)
+    t = None if temps is None else [float(v) for v in temps]
+
+    def build(kwargs: dict):
+        return lambda mu: DimeePolicy(plan, cost, t, mu=mu, **kwargs)
+
+    out = [Tunable(name, sorted(MU_GRID, reverse=True), build(kw), True, needs_embedding="entry" in kw or "feature" in kw)
+           for name, _, kw in VARIANTS]
+    return out + [f for f in tunable_policies(plan, cost, t) if f.name == "threshold"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--caches", default="results/caches/minilm", help="folder of run folders with cached logits")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS))
+    parser.add_argument("--out", default="results/dimee_ablation")
+    args = parser.parse_args(argv)
+    start = time.time()
+    boards = []
+    for name in tqdm(args.runs, desc="tasks"):
+        run = ROOT / args.caches / name
+        _, curves = report_tables(run, families=families(run))
+        per_policy, _ = scoreboard(curves, [v[0] for v in VARIANTS], ["threshold"])
+        boards.append(per_policy)
+    table = pd.concat(boards, ignore_index=True)
+    base_of = {name: base for name, base, _ in VARIANTS}
+    rows = []
+    for task, group in table.groupby("task", sort=False):
+        area = group.set_index("policy")
+        for name, base, _ in VARIANTS:
+            if name not in area.index:
+                continue
+            row = {"task": task, "variant": name, "cal_area": area.loc[name, "cal_area"], "val_area": area.loc[name, "val_area"]}
+            if base:
+                row["cal_gain"] = round(area.loc[name, "cal_area"] - area.loc[base, "cal_area"], 3)
+                row["val_gain"] = round(area.loc[name, "val_area"] - area.loc[base, "val_area"], 3)
+            row["val_vs_threshold"] = round(area.loc[name, "val_area"] - area.loc["threshold", "val_area"], 3)
+            rows.append(row)
+    ablation = pd.DataFrame(rows)
+    thresholds = table[table["policy"] == "threshold"][["task", "cal_area", "val_area"]]
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dimee_ablation.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    out = ROOT / args.out
+    data = {"command": command.strip(), "seconds": round(time.time() - start, 1), "rows": ablation.to_dict(orient="records"),
+            "threshold": thresholds.to_dict(orient="records")}
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    grouped = ablation.groupby("variant", sort=False)
+    mean = pd.DataFrame({
+        "variant": list(grouped.groups),
+        "tasks": grouped.size().to_numpy(),
+        "cal_gain > 0": grouped["cal_gain"].apply(lambda v: int((v > 1e-9).sum())).to_numpy(),
+        "val_gain > 0": grouped["val_gain"].apply(lambda v: int((v > 1e-9).sum())).to_numpy(),
+        "ahead of threshold (val)": grouped["val_vs_threshold"].apply(lambda v: int((v >= -1e-9).sum())).to_numpy(),
+        "mean cal_gain": grouped["cal_gain"].mean().round(3).to_numpy(),
+        "mean val_gain": grouped["val_gain"].mean().round(3).to_numpy(),
+    })
+    lines = [
+        "# DIMEE ablation: what each fitting choice buys, per task",
+        "",
+        f"Command: `{data['command']}` ({data['seconds']} s on this machine's CPU, from the committed caches).",
+        "",
+        __doc__.split("\n\n")[1].replace("\n", " "),
+        "",
+        "`cal_gain` / `val_gain`: area of the variant minus its base's (the row it changes one thing of: "
+        + ", ".join(f"`{n}` from `{b}`" for n, b in base_of.items() if b)
+        + "). `val_vs_threshold`: validation area minus the confidence threshold's (positive: DIMEE ahead).",
+        "",
+        "## Over tasks (counts of tasks; means are dominated by STS-B, whose areas are ten times the others')",
+        "",
+        markdown_table(mean),
+        "",
+        "## Confidence threshold (the reference)",
+        "",
+        markdown_table(thresholds),
+        "",
+        "## Per task",
+        "",
+        markdown_table(ablation),
+        "",
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print(f"wrote {out.with_suffix('.md')} ({data['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
