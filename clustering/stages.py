@@ -222,8 +222,16 @@ def fit_cluster_stage(
     the stage fitted on all of `x`, the chosen k and the held-out reward of every k tried. Too few samples
     for the folds -> one cluster. The clusterings come from :func:`cluster_bank`."""
     bank = cluster_bank(x, n_folds, n_init, random_state)
+    feasible = bank.feasible_k(k_grid)
+    if bank.splits and not feasible:
+        n = x.shape[0]
+        raise PolicyError(
+            f"{n} fit samples cannot hold k in {sorted(int(k) for k in k_grid)} clusters under {n_folds}-fold "
+            f"cross-validation (each fold fits on {n - math.ceil(n / n_folds)} samples): pass a smaller k_grid, "
+            "fewer n_folds, or a larger calibration split"
+        )
     cv: dict[int, float] = {}
-    for k in bank.feasible_k(k_grid):
+    for k in feasible:
         held_out = []
         for (train, test), (clustering, assigned) in zip(bank.splits, bank.folds(k)):
             choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards[train])

@@ -72,3 +72,13 @@ def test_choice_per_cluster_by_hand():
     assigned = stage.targets(x)
     assert (assigned[:30] == 7).all() and (assigned[30:] == 9).all()
     assert sorted(stage.sizes.tolist()) == [30, 30]
+
+
+def test_a_calibration_split_too_small_for_the_requested_k_names_the_fix(data):
+    from clustering import PolicyError
+
+    few = slice(0, 12)
+    with pytest.raises(PolicyError, match="pass a smaller k_grid, fewer n_folds, or a larger calibration split"):
+        DimeePolicy(PLAN, mu=0.1, k_grid=(12,)).fit(data.logits[few], data.labels[few])
+    # a grid with some k that fit is fine: the others are skipped
+    assert DimeePolicy(PLAN, mu=0.1, k_grid=(2, 12)).fit(data.logits[few], data.labels[few]).n_clusters_ == 2
