@@ -51,7 +51,9 @@ from .scoreboard import BUDGETS, scoreboard
 
 CALIBRATION = "calibration"
 VALIDATION = "validation"
-MU_GRID = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
+# DIMEE's knob: 60 values log-spaced over 0.001..1, as many as the threshold's 60, so no family's Pareto front is
+# coarser for lack of knob values (with 12 values DIMEE's fronts were visibly steppier; results/dimee_ablation.md)
+MU_GRID = tuple(float(v) for v in np.round(np.geomspace(0.001, 1.0, 60), 5))
 DIMEE_VARIANTS = ("dimee", "dimee-edge", "dimee-cascade", "dimee-embedding", "dimee-paper", "dimee-entry")
 BASELINES = ("threshold", "entropy", "patience", "all-mobile", "all-edge")  # candidates for "best baseline"
 FIXED = ("all-mobile", "all-edge", "all-cloud")
