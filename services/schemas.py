@@ -38,9 +38,16 @@ class ClassifyRequest(BaseModel):
     )
 
 
+#: Answers never carry NaN or infinity (JSON has neither; they would be written as null): building one with a
+#: non-finite number fails, and so does reading one from the next tier.
+_FINITE = ConfigDict(allow_inf_nan=False)
+
+
 class CostReport(BaseModel):
     """What answering this sample cost (tiers.CostModel.route_breakdown of its route, the accounting the offline
     evaluation uses) and how long each stage took."""
+
+    model_config = _FINITE
 
     layers: dict[str, int] = Field(description="transformer layers run on each tier")
     bytes_per_hop: dict[str, int] = Field(
@@ -58,6 +65,8 @@ class CostReport(BaseModel):
 
 class Answer(BaseModel):
     """One sample's answer as a tier produces it (also the unit of a handoff response)."""
+
+    model_config = _FINITE
 
     label: int | None = Field(description="predicted class index; None for regression")
     label_name: str | None
@@ -77,6 +86,8 @@ class Answer(BaseModel):
 
 
 class Prediction(BaseModel):
+    model_config = _FINITE
+
     label: int | None
     label_name: str | None
     probabilities: list[float] | None
@@ -93,6 +104,8 @@ class Prediction(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
+    model_config = _FINITE
+
     request_id: str
     task: str
     plan: str = Field(description="tier plan 'm,e'")
@@ -102,6 +115,8 @@ class ClassifyResponse(BaseModel):
 
 
 class HandoffResponse(BaseModel):
+    model_config = _FINITE
+
     request_id: str
     server_ms: float = Field(description="time the handoff spent in this tier, next hops included")
     answers: list[Answer]

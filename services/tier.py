@@ -256,10 +256,30 @@ class TierService(TierInputs, TierRelay):
                 actions[rows] = forced_actions(self.plan, force, self.tier, depth, rows.size)
             rows = np.flatnonzero(kinds == "")
             if rows.size:
-                actions[rows] = self._policy_step(seen[rows], depth, None if feats is None else feats[rows])
+                # A sample whose activations overflowed is refused after the segment (_check_finite); until it
+                # leaves, the built-in rule routes it, so that the policy never sees NaN or infinity.
+                finite = np.isfinite(seen[rows].reshape(rows.size, -1)).all(axis=1)
+                good, bad = rows[finite], rows[~finite]
+                if good.size:
+                    actions[good] = self._policy_step(seen[good], depth, None if feats is None else feats[good])
+                if bad.size:
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        actions[bad] = self.fallback_policy.step(seen[bad], self.tier, depth)
             return actions
 
         return self.engine.run_segment([item.sample for item in items], decide)
+
+    @staticmethod
+    def _non_finite(results: list[SegmentResult]) -> list[int]:
+        """Samples whose logits (of every exit seen) or outgoing hidden states hold NaN or infinity."""
+        bad = []
+        for i, result in enumerate(results):
+            finite = bool(np.isfinite(result.logits).all())
+            if finite and result.hidden is not None:
+                finite = bool(torch.isfinite(result.hidden).all())
+            if not finite:
+                bad.append(i)
+        return bad
 
     def _policy_step(self, seen: np.ndarray, depth: int, features: np.ndarray | None) -> np.ndarray:
         """The policy's actions at this depth (validated); the built-in rule if the policy fails."""
@@ -296,6 +316,12 @@ class TierService(TierInputs, TierRelay):
             for i, token in enumerate(tokens)
         ]
         results = await batcher.submit(items)
+        overflowed = self._non_finite(results)
+        if overflowed:  # token ids cannot cause this: the run's weights are broken
+            log.error("the forward pass produced NaN or infinity for text(s) %s; check the run's weights", overflowed)
+            raise InputError(
+                500, f"the model produced non-finite values for text(s) {overflowed[:5]}; see the service log"
+            )
         batch = _Batch(items, results, force, start, deadline, request_id, distortions=distortions)
         answers = await self._route(batch)
         predictions = [
@@ -328,6 +354,13 @@ class TierService(TierInputs, TierRelay):
         items = [_Item(sample, meta.force_tier) for sample in samples]
         deadline = start + min(self.settings.request_timeout_s, meta.budget_ms / 1000)
         results = await batcher.submit(items)
+        overflowed = self._non_finite(results)
+        if overflowed:
+            raise InputError(
+                422,
+                f"the forward pass of sample(s) {overflowed[:5]} overflowed (NaN or infinity in this tier's "
+                "activations or logits): their hidden states are outside what this model can continue from",
+            )
         relayed = None if meta.distortions is None else list(meta.distortions)
         batch = _Batch(items, results, meta.force_tier, start, deadline, request_id, distortions=relayed)
         answers = await self._route(batch)

@@ -1,0 +1,132 @@
+"""Issue 14: what a tier does with hostile or unlucky traffic, in process (FastAPI TestClient or one uvicorn server
+in a thread) on a tiny random-init run: finite but huge hidden states, a client hanging up mid-body, the OpenAPI
+schema against what the server accepts, stable degraded-reason codes.
+
+(The `dimee serve-all` signal tests start real processes: tests/test_serve_all_signals.py.)"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from services import Answer, HandoffMeta, HandoffResponse, TierSettings, create_app
+from tests.factories import tiny_run_folder
+from tiers import CONTENT_TYPE, encode_handoff
+
+TOKEN = "hardening-token-0123456789"
+HIDDEN = 32  # tiny_bert_config's hidden size
+#: next layer of a body each receiver accepts on the tiny run's plan (2, 4) of 6 layers
+NEXT_LAYER = {"edge": 3, "cloud": 5}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return tiny_run_folder(tmp_path_factory.mktemp("run"))
+
+
+def _receiver(run_dir: Path, tier: str) -> TestClient:
+    settings = TierSettings(run_dir=run_dir, tier=tier, handoff_token=TOKEN, batch_window_ms=1)
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def receivers(run_dir):
+    with _receiver(run_dir, "edge") as edge, _receiver(run_dir, "cloud") as cloud:
+        yield {"edge": edge, "cloud": cloud}
+
+
+def _post_states(client: TestClient, states: torch.Tensor, next_layer: int, force: str | None, prior_scale=0.0):
+    n, width = states.shape[:2]
+    mask = torch.ones((n, width), dtype=torch.long)
+    body = encode_handoff(states, mask, next_layer, "fp32")
+    prior = np.full((n, next_layer - 1, 2), prior_scale, dtype=np.float32)
+    meta = HandoffMeta.build(prior, budget_ms=5000, force_tier=force)
+    headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN, "X-DIMEE-Meta": meta.model_dump_json()}
+    return client.post("/v1/handoff", content=body, headers=headers)
+
+
+def _all_numbers_finite(value) -> bool:
+    """No NaN, no infinity and no null where a number belongs, anywhere in a JSON answer."""
+    if isinstance(value, dict):
+        return all(_all_numbers_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_all_numbers_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _huge(scale: float, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn((2, 5, HIDDEN), generator=gen) * scale).clamp(-3e38, 3e38)
+
+
+# ---- 2. finite but huge hidden states ------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1e20, 1e30, 3e38])
+@pytest.mark.parametrize("force", ["self", None])
+@pytest.mark.parametrize("tier", ["edge", "cloud"])
+def test_finite_but_huge_hidden_states_are_refused_with_422(receivers, tier, force, scale, caplog):
+    client = receivers[tier]
+    caplog.set_level(logging.WARNING)
+    policy_errors = client.app.state.service.metrics.policy_errors.get()
+    response = _post_states(client, _huge(scale), NEXT_LAYER[tier], tier if force == "self" else None)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "hidden states out of range" in detail and "+-10000" in detail and "sample 0" in detail
+    assert "null" not in response.text
+    assert client.app.state.service.metrics.policy_errors.get() == policy_errors
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("tier", ["edge", "cloud"])
+def test_states_at_the_bound_are_answered_with_finite_numbers(receivers, tier):
+    """The bound is far below overflow: states at +-MAX_HIDDEN_ABS run through every layer and answer finitely."""
+    from services.inputs import MAX_HIDDEN_ABS
+
+    states = torch.sign(torch.randn((2, 5, HIDDEN), generator=torch.Generator().manual_seed(1))) * MAX_HIDDEN_ABS
+    for force in (tier, None):
+        response = _post_states(receivers[tier], states, NEXT_LAYER[tier], force)
+        assert response.status_code == 200, response.text
+        answers = response.json()["answers"]
+        assert _all_numbers_finite(answers)
+        assert all(a["probabilities"] is not None and abs(sum(a["probabilities"]) - 1) < 1e-9 for a in answers)
+
+
+def test_huge_prior_logits_are_refused_with_422(receivers):
+    response = _post_states(receivers["edge"], _huge(1.0), NEXT_LAYER["edge"], None, prior_scale=1e30)
+    assert response.status_code == 422, response.text
+    assert "prior logits out of range" in response.json()["detail"]
+
+
+def test_overflow_inside_the_forward_pass_is_a_422_not_a_null(receivers, monkeypatch, caplog):
+    """Behind the range check: should activations still overflow (here: the bound lifted), the sample is
+    refused after the forward pass, and the policy never sees NaN (no policy error, no traceback)."""
+    monkeypatch.setattr("services.inputs.MAX_HIDDEN_ABS", math.inf)
+    caplog.set_level(logging.WARNING)
+    for tier in ("edge", "cloud"):
+        client = receivers[tier]
+        policy_errors = client.app.state.service.metrics.policy_errors.get()
+        for force in (tier, None):
+            response = _post_states(client, _huge(1e30), NEXT_LAYER[tier], force)
+            assert response.status_code == 422, response.text
+            assert "overflowed" in response.json()["detail"] and "null" not in response.text
+        assert client.app.state.service.metrics.policy_errors.get() == policy_errors
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_answers_never_hold_non_finite_numbers():
+    common = dict(label=0, label_name="negative", exit=2, tier="edge", degraded=False)
+    with pytest.raises(ValidationError):
+        Answer(probabilities=[float("nan"), 0.5], **common)
+    with pytest.raises(ValidationError):
+        Answer(probabilities=[0.5, 0.5], wall_ms={"edge": float("inf")}, **common)
+    answer = Answer(probabilities=[0.5, 0.5], **common).model_dump_json()
+    good = '{"request_id": "r", "server_ms": 1.0, "answers": [%s]}' % answer
+    assert HandoffResponse.model_validate_json(good).answers[0].probabilities == [0.5, 0.5]
+    with pytest.raises(ValidationError):  # a next tier answering NaN is a bad answer, never relayed
+        HandoffResponse.model_validate_json(good.replace("0.5,", "NaN,", 1))
