@@ -31,26 +31,25 @@ from glue_eval.scoreboard import scoreboard  # noqa: E402
 from tiers import read_run_info  # noqa: E402
 
 RUNS = ("mrpc", "rte", "sst2-4k", "stsb", "wnli")
-RICH = ("confidence", "entropy", "margin")
-# (name, base variant, DimeePolicy keywords): each row changes one thing of its base
+CONFIDENCE = ("confidence",)
+# (name, base variant, DimeePolicy keywords): each row changes one thing of its base (the defaults: profile
+# features confidence, entropy and margin; k 2..12, tolerance 0.002, 3 folds, every route)
 VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("dimee", "", {}),
-    ("dimee +entropy,margin", "dimee", {"profile_features": RICH}),
+    ("dimee confidence only", "dimee", {"profile_features": CONFIDENCE}),
     ("dimee k<=4", "dimee", {"k_grid": (1, 2, 3, 4)}),
     ("dimee k_tolerance=0.01", "dimee", {"k_tolerance": 0.01}),
     ("dimee 5 folds", "dimee", {"n_folds": 5}),
     ("dimee chain routes", "dimee", {"routes": "chain"}),
     ("cascade", "", {"decision_exits": "all"}),
-    ("cascade +entropy,margin", "cascade", {"decision_exits": "all", "profile_features": RICH}),
+    ("cascade confidence only", "cascade", {"decision_exits": "all", "profile_features": CONFIDENCE}),
     ("cascade k<=4", "cascade", {"decision_exits": "all", "k_grid": (1, 2, 3, 4)}),
     ("cascade k_tolerance=0.01", "cascade", {"decision_exits": "all", "k_tolerance": 0.01}),
+    ("cascade 5 folds", "cascade", {"decision_exits": "all", "n_folds": 5}),
     ("cascade tier ends", "cascade", {"decision_exits": "tier_ends"}),
     ("cascade reached", "cascade", {"decision_exits": "all", "cascade_population": "reached"}),
     ("entry+cascade", "cascade", {"decision_exits": "all", "entry": "embedding"}),
-    ("cascade +entropy,margin, 5 folds", "cascade", {"decision_exits": "all", "profile_features": RICH, "n_folds": 5}),
-    ("entry+cascade +entropy,margin, 5 folds", "entry+cascade",
-     {"decision_exits": "all", "entry": "embedding", "profile_features": RICH, "n_folds": 5}),
-    ("dimee +entropy,margin, 5 folds", "dimee", {"profile_features": RICH, "n_folds": 5}),
+    ("entry+cascade 5 folds", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "n_folds": 5}),
     ("paper (embedding pools)", "", {"feature": "embedding", "assignment": "pools"}),
 )
 
