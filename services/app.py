@@ -7,7 +7,9 @@ Edge:    POST /v1/handoff (token ids or hidden states) -> continues from the bou
 Cloud:   POST /v1/handoff (token ids or hidden states at 0, m or e by default) -> answers by layer L.
 All:     GET /healthz, /readyz, /metrics (Prometheus text).
 
-Bad input is always a 4xx with a reason (JSON {"detail": ...}), never a 5xx.
+Bad input is always a 4xx with a reason (JSON {"detail": ...}), never a 5xx. A client that hangs up before its
+body has arrived is no server error: it is logged in one line and counted as status 499 (nginx's "client
+closed request") and in dimee_client_disconnects_total.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 from tiers import CONTENT_TYPE, TOKENS_CONTENT_TYPE
 
@@ -47,6 +50,8 @@ log = logging.getLogger("services.app")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("dimee_request_id", default="-")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 KNOWN_PATHS = frozenset({"/v1/classify", "/v1/handoff", "/healthz", "/readyz", "/metrics"})
+#: Status recorded for a request whose client hung up before its body arrived (nobody reads the answer).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class RequestIdFilter(logging.Filter):
@@ -96,6 +101,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             self.metrics.requests.inc(endpoint, status["code"])
+            if status["code"] == CLIENT_CLOSED_REQUEST:
+                self.metrics.client_disconnects.inc(endpoint)
             self.metrics.latency.observe(time.perf_counter() - start, endpoint)
             request_id_var.reset(token)
 
@@ -149,6 +156,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def input_error(_request: Request, err: InputError) -> JSONResponse:
         return _error(err.status, err.detail)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _err: ClientDisconnect) -> Response:
+        log.info("client disconnected before its request body arrived (%s %s)", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # the server drops it: the connection is gone
 
     @app.exception_handler(BatcherClosed)
     async def closing(_request: Request, err: BatcherClosed) -> JSONResponse:

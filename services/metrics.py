@@ -92,6 +92,11 @@ class ServiceMetrics:
             "Answers returned by this service (its own and those of later tiers), by answering tier and exit",
             ("tier", "exit", "degraded"),
         )
+        self.client_disconnects = Counter(
+            "dimee_client_disconnects_total",
+            "Requests whose client hung up before its body arrived (also counted as status 499)",
+            ("endpoint",),
+        )
         self.handoffs = Counter(
             "dimee_handoffs_total", "Handoff requests sent to the next tier by outcome", ("hop", "outcome")
         )
@@ -108,6 +113,7 @@ class ServiceMetrics:
         for metric in (
             self.requests,
             self.latency,
+            self.client_disconnects,
             self.answers,
             self.handoffs,
             self.handoff_bytes,

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 import numpy as np
 import pytest
@@ -40,6 +46,14 @@ def _receiver(run_dir: Path, tier: str) -> TestClient:
 def receivers(run_dir):
     with _receiver(run_dir, "edge") as edge, _receiver(run_dir, "cloud") as cloud:
         yield {"edge": edge, "cloud": cloud}
+
+
+def _post_parts(next_layer: int = 3, n: int = 2) -> tuple[bytes, str]:
+    """A valid fp32 body of `n` samples of 5 tokens continuing at `next_layer`, and its X-DIMEE-Meta."""
+    states = torch.randn((n, 5, HIDDEN), generator=torch.Generator().manual_seed(0))
+    body = encode_handoff(states, torch.ones((n, 5), dtype=torch.long), next_layer, "fp32")
+    meta = HandoffMeta.build(np.zeros((n, next_layer - 1, 2), np.float32), budget_ms=5000, force_tier=None)
+    return body, meta.model_dump_json()
 
 
 def _post_states(client: TestClient, states: torch.Tensor, next_layer: int, force: str | None, prior_scale=0.0):
@@ -130,3 +144,74 @@ def test_answers_never_hold_non_finite_numbers():
     assert HandoffResponse.model_validate_json(good).answers[0].probabilities == [0.5, 0.5]
     with pytest.raises(ValidationError):  # a next tier answering NaN is a bad answer, never relayed
         HandoffResponse.model_validate_json(good.replace("0.5,", "NaN,", 1))
+
+
+# ---- 3. a client hanging up mid-body ---------------------------------------------------------------------------
+@contextmanager
+def _uvicorn_in_thread(settings: TierSettings):
+    """One tier served by a real uvicorn server on a free loopback port, in a thread of this process (its log
+    records reach caplog: log_config=None leaves logging alone)."""
+    import uvicorn
+
+    from services.launch import free_port
+
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, log_level="info")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _hang_up_mid_body(port: int, path: str, headers: dict[str, str], part: bytes, declared: int) -> None:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {declared}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + part)
+        time.sleep(0.2)  # the server is reading the body when the client goes
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name + "{") and all(w in line for w in wanted)]  # fmt: skip
+    return sum(values)
+
+
+@pytest.mark.parametrize("tier", ["mobile", "edge"])
+def test_client_hanging_up_mid_body_is_counted_as_a_disconnect_not_a_500(run_dir, tier, caplog):
+    token = {} if tier == "mobile" else {"handoff_token": TOKEN}
+    settings = TierSettings(run_dir=run_dir, tier=tier, batch_window_ms=1, **token)
+    if tier == "mobile":  # mobile without a token (it has no next tier)
+        path, headers, part = "/v1/classify", {"Content-Type": "application/json"}, b'{"text": "a go'
+    else:
+        _, meta_json = _post_parts()
+        path = "/v1/handoff"
+        headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN, "X-DIMEE-Meta": meta_json}
+        part = b"DMHS" + b"\x00" * 60
+    caplog.set_level(logging.INFO)
+    with _uvicorn_in_thread(settings) as port:
+        for _ in range(3):
+            _hang_up_mid_body(port, path, headers, part, declared=4096)
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5, trust_env=False).text
+            if _metric(metrics, "dimee_client_disconnects_total") >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        still_serving = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5, trust_env=False).status_code
+    assert still_serving == 200
+    assert _metric(metrics, "dimee_client_disconnects_total", endpoint=path) == 3
+    assert _metric(metrics, "dimee_requests_total", endpoint=path, status="499") == 3  # client closed request
+    assert _metric(metrics, "dimee_requests_total", status="500") == 0
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    mentions = [r for r in caplog.records if "disconnect" in r.getMessage().lower()]
+    assert len(mentions) == 3  # one line per request
