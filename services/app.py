@@ -41,8 +41,8 @@ from .handoff import (
     read_body,
 )
 from .metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
-from .schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, HandoffResponse
-from .settings import TierSettings
+from .schemas import ClassifyResponse, ErrorResponse, HandoffMeta, HandoffResponse, classify_request_schema
+from .settings import MIN_TOKEN_CHARS, TierSettings
 from .tier import TierService
 
 log = logging.getLogger("services.app")
@@ -190,8 +190,8 @@ def _add_operations(app: FastAPI, service: TierService) -> None:
 
 
 def _add_classify(app: FastAPI, service: TierService) -> None:
-    schema = ClassifyRequest.model_json_schema()
     fields = service.info.text_fields
+    schema = classify_request_schema(list(fields), service.settings.max_texts, service.settings.max_text_chars)
 
     @app.post(
         "/v1/classify",
@@ -255,9 +255,33 @@ def _add_handoff(app: FastAPI, service: TierService) -> None:
                 },
             },
             "parameters": [
-                {"name": TOKEN_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
-                {"name": META_HEADER, "in": "header", "required": True, "schema": {"type": "string"}},
-                {"name": REQUEST_ID_HEADER, "in": "header", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": TOKEN_HEADER,
+                    "in": "header",
+                    "required": True,
+                    "description": "the tiers' shared secret (DIMEE_HANDOFF_TOKEN)",
+                    "schema": {"type": "string", "minLength": MIN_TOKEN_CHARS},
+                },
+                {
+                    "name": META_HEADER,
+                    "in": "header",
+                    "required": True,
+                    "description": f"HandoffMeta as compact JSON, at most {settings.max_meta_bytes} bytes",
+                    "schema": {
+                        "type": "string",
+                        "minLength": 2,
+                        "maxLength": settings.max_meta_bytes,
+                        "contentMediaType": "application/json",
+                        "contentSchema": HandoffMeta.model_json_schema(),
+                    },
+                },
+                {
+                    "name": REQUEST_ID_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "description": f"kept if it matches {_REQUEST_ID.pattern}, else replaced by a generated id",
+                    "schema": {"type": "string"},
+                },
             ],
         },
     )

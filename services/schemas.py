@@ -23,7 +23,13 @@ class ClassifyRequest(BaseModel):
         extra="allow",
         strict=True,
         json_schema_extra={
-            "examples": [{"text": "a brilliant, funny film"}, {"texts": ["good", "awful"], "force_tier": "cloud"}]
+            "examples": [{"text": "a brilliant, funny film"}, {"texts": ["good", "awful"], "force_tier": "cloud"}],
+            # never both forms of one input (null counts as absent); a served tier's OpenAPI is exact:
+            # classify_request_schema
+            "allOf": [
+                {"not": {"required": [one, many], "properties": {one: {"type": "string"}, many: {"type": "array"}}}}
+                for one, many in (("text", "texts"), ("text_pair", "text_pairs"))
+            ],
         },
     )
 
@@ -36,6 +42,68 @@ class ClassifyRequest(BaseModel):
         description="answer at this tier's last exit whatever the policy says (tests, comparisons): mobile at m; "
         "edge and cloud get the token ids straight from mobile (the direct route) where they accept them",
     )
+
+    @model_validator(mode="after")
+    def _one_form_per_input(self) -> "ClassifyRequest":
+        for one, many in (("text", "texts"), ("text_pair", "text_pairs")):
+            if getattr(self, one) is not None and getattr(self, many) is not None:
+                raise ValueError(f"give only one of ['{one}', '{many}']")
+        return self
+
+
+def classify_request_schema(text_fields: list[str], max_texts: int, max_text_chars: int) -> dict:
+    """The JSON schema of /v1/classify's body as a mobile tier with these run text fields and limits accepts it.
+
+    Exactly one form of each input, null counting as absent: `text` (one string), `texts` (a list) or the run's
+    own field name (either); for a pair task (two text fields) also exactly one of `text_pair`, `text_pairs` or
+    the second field name; `force_tier` optional; nothing else. Texts are non-blank and at most
+    `max_text_chars` characters, lists hold 1..`max_texts` of them. What the schema cannot say: the token limit
+    (after tokenisation), and that a pair task needs as many second texts as texts.
+    """
+    fields = list(text_fields) or ["text"]
+    pair = len(fields) >= 2
+    one = {"type": "string", "minLength": 1, "maxLength": max_text_chars, "pattern": r"\S"}
+    many = {"type": "array", "items": one, "minItems": 1, "maxItems": max_texts}
+
+    def nullable(schema: dict, text: str) -> dict:
+        return {"anyOf": [schema, {"type": "null"}], "description": text}
+
+    properties: dict[str, dict] = {}
+    alternatives: list[list[str]] = []
+    groups = [("text", "texts", fields[0], "text")]
+    if pair:
+        groups.append(("text_pair", "text_pairs", fields[1], "second text"))
+    for single, several, own, what in groups:
+        properties[single] = nullable(one, f"one {what}")
+        properties[several] = nullable(many, f"several {what}s, answered in order")
+        names = [single, several]
+        if own not in properties and own not in ClassifyRequest.model_fields:
+            properties[own] = nullable({"oneOf": [one, many]}, f"the run's field name: one {what} or several")
+            names.append(own)
+        alternatives.append(names)
+    properties["force_tier"] = nullable(
+        {"type": "string", "enum": ["mobile", "edge", "cloud"]},
+        str(ClassifyRequest.model_fields["force_tier"].description),
+    )
+    exactly_one = [
+        {"oneOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in names]}
+        for names in alternatives
+    ]
+    example = {"text": "a brilliant, funny film", **({"text_pair": "a funny, brilliant film"} if pair else {})}
+    return {
+        "title": "ClassifyRequest",
+        "description": (
+            f"Give the {'texts and their second texts' if pair else 'texts'} in exactly one form each "
+            f"({' / '.join(' or '.join(repr(n) for n in names) for names in alternatives)}); at most {max_texts} "
+            f"per request, each non-blank and at most {max_text_chars} characters. Texts over the token limit "
+            "get 422 (never truncated)" + ("; give one second text per text." if pair else ".")
+        ),
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        "allOf": exactly_one,
+        "examples": [example, {"texts": ["good", "awful"], "force_tier": "cloud"}] if not pair else [example],
+    }
 
 
 #: Answers never carry NaN or infinity (JSON has neither; they would be written as null): building one with a

@@ -6,8 +6,10 @@ schema against what the server accepts, stable degraded-reason codes.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -215,3 +217,139 @@ def test_client_hanging_up_mid_body_is_counted_as_a_disconnect_not_a_500(run_dir
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     mentions = [r for r in caplog.records if "disconnect" in r.getMessage().lower()]
     assert len(mentions) == 3  # one line per request
+
+
+# ---- 4. the OpenAPI schema says what the server accepts ------------------------------------------------------
+def _valid(schema: dict, value) -> bool:
+    """A JSON-schema check of the keywords the services' schemas use (no third-party validator needed)."""
+    kinds = {"object": dict, "array": list, "string": str, "null": type(None), "integer": int, "number": (int, float)}
+    kind = schema.get("type")
+    if kind is not None and (not isinstance(value, kinds[kind]) or (kind != "null" and isinstance(value, bool))):
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    if "not" in schema and _valid(schema["not"], value):
+        return False
+    if "anyOf" in schema and not any(_valid(s, value) for s in schema["anyOf"]):
+        return False
+    if "oneOf" in schema and sum(_valid(s, value) for s in schema["oneOf"]) != 1:
+        return False
+    if not all(_valid(s, value) for s in schema.get("allOf", [])):
+        return False
+    if isinstance(value, str):
+        if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", math.inf):
+            return False
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            return False
+    if isinstance(value, list):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf):
+            return False
+        if "items" in schema and not all(_valid(schema["items"], item) for item in value):
+            return False
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        if any(name not in value for name in schema.get("required", [])):
+            return False
+        if schema.get("additionalProperties") is False and set(value) - set(properties):
+            return False
+        if not all(_valid(properties[name], item) for name, item in value.items() if name in properties):
+            return False
+    return True
+
+
+SINGLE_BODIES = [
+    {"text": "a good film"},
+    {"texts": ["good", "bad"]},
+    {"sentence": "a good film"},
+    {"sentence": ["good", "bad"]},
+    {"text": None, "texts": ["good"]},
+    {"text": "good", "force_tier": "mobile"},
+    {"text": "good", "force_tier": None},
+    {"text": "good", "texts": ["bad"]},
+    {"text": "good", "sentence": "bad"},
+    {"texts": ["good"], "sentence": ["bad"]},
+    {},
+    {"text": None},
+    {"text": ""},
+    {"text": "   "},
+    {"texts": []},
+    {"texts": ["good", "bad", "dull", "fun"]},  # over max_texts=3
+    {"text": "good " * 12},  # over max_text_chars=50
+    {"texts": ["good", ""]},
+    {"text": 5},
+    {"texts": ["good", 5]},
+    {"txt": "good"},
+    {"text": "good", "text_pair": "bad"},
+    {"text": "good", "force_tier": "moon"},
+]
+PAIR_BODIES = [
+    {"text": "good", "text_pair": "bad"},
+    {"texts": ["good", "dull"], "text_pairs": ["bad", "fun"]},
+    {"sentence1": "good", "sentence2": "bad"},
+    {"sentence1": ["good"], "text_pairs": ["bad"]},
+    {"text": "good", "text_pair": "bad", "force_tier": "mobile"},
+    {"text": "good"},
+    {"text": "good", "text_pair": "bad", "text_pairs": ["bad"]},
+    {"text": "good", "sentence1": "good", "text_pair": "bad"},
+    {"text": "good", "text_pair": ""},
+    {"text": "good", "text_pair": None},
+    {"text": "good", "sentence2": "bad", "sentence": "x"},
+]
+
+
+@pytest.mark.parametrize("task", ["single", "pair"])
+def test_openapi_classify_body_schema_accepts_exactly_what_the_server_accepts(run_dir, tmp_path, task):
+    run = run_dir
+    if task == "pair":
+        run = tiny_run_folder(tmp_path / "pair")
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**info, "task": "mrpc", "text_fields": ["sentence1", "sentence2"]}))
+    settings = TierSettings(run_dir=run, tier="mobile", max_texts=3, max_text_chars=50, batch_window_ms=1)
+    app = create_app(settings)
+    schema = app.openapi()["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    bodies = SINGLE_BODIES if task == "single" else PAIR_BODIES
+    with TestClient(app) as client:
+        served = {json.dumps(body): client.post("/v1/classify", json=body).status_code for body in bodies}
+    verdicts = {json.dumps(body): _valid(schema, body) for body in bodies}
+    assert set(served.values()) <= {200, 422}
+    assert {body: status == 200 for body, status in served.items()} == verdicts
+    assert sum(verdicts.values()) >= 4 and not all(verdicts.values())  # both verdicts covered
+    for example in schema["examples"]:
+        assert _valid(schema, example)
+
+
+def test_classify_request_model_refuses_both_forms_and_its_schema_says_so():
+    from services import ClassifyRequest
+
+    with pytest.raises(ValidationError, match="only one of"):
+        ClassifyRequest.model_validate({"text": "good", "texts": ["bad"]})
+    assert ClassifyRequest.model_validate({"text": None, "texts": ["bad"]}).texts == ["bad"]
+    schema = ClassifyRequest.model_json_schema()
+    assert not _valid(schema, {"text": "good", "texts": ["bad"]})
+    assert not _valid(schema, {"text": "good", "text_pair": "bad", "text_pairs": ["worse"]})
+    assert _valid(schema, {"text": None, "texts": ["bad"]}) and _valid(schema, {"text": "good"})
+
+
+def test_openapi_handoff_headers_say_what_the_server_accepts(receivers):
+    client = receivers["edge"]
+    parameters = {p["name"]: p for p in client.app.openapi()["paths"]["/v1/handoff"]["post"]["parameters"]}
+    meta, token = parameters["X-DIMEE-Meta"], parameters["X-DIMEE-Token"]
+    assert meta["required"] and token["required"] and not parameters["X-Request-ID"]["required"]
+    settings = client.app.state.service.settings
+    body, good_meta = _post_parts()
+    headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN}
+    for value in ("", "{", "x" * (settings.max_meta_bytes + 1), good_meta):
+        served = client.post("/v1/handoff", content=body, headers={**headers, "X-DIMEE-Meta": value}).status_code
+        assert served == 200 or 400 <= served < 500
+        if served != 200:  # what the schema lets through may still be refused, but never the reverse
+            assert value == "{" or not _valid(meta["schema"], value)
+        else:
+            assert _valid(meta["schema"], value)
+    assert not _valid(meta["schema"], "") and meta["schema"]["contentMediaType"] == "application/json"
+    content, model = meta["schema"]["contentSchema"], HandoffMeta.model_json_schema()
+    assert content["required"] == model["required"] and set(content["properties"]) == set(model["properties"])
+    assert content["additionalProperties"] is False
+    assert meta["schema"]["maxLength"] == settings.max_meta_bytes
+    assert not _valid(token["schema"], "")
+    assert client.post("/v1/handoff", content=body, headers={**headers, "X-DIMEE-Token": "",
+                                                             "X-DIMEE-Meta": good_meta}).status_code == 401
