@@ -170,7 +170,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected(_request: Request, err: Exception) -> JSONResponse:
         log.exception("unexpected error")
         rid = current_request_id()
-        return _error(500, f"internal error ({type(err).__name__}); see the service log for request {rid}")
+        return _error(500, f"internal error; see the service log for request {rid}")
 
 
 def _add_operations(app: FastAPI, service: TierService) -> None:

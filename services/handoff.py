@@ -37,7 +37,8 @@ class InputError(Exception):
 
 
 class HandoffFailed(Exception):
-    """The next tier did not answer usefully; `category` is a short, fixed label for metrics."""
+    """The next tier did not answer usefully: `category` is one of `schemas.DEGRADED_REASONS` (the answer's
+    degraded_reason and the metrics' label), `detail` the specifics for the log."""
 
     def __init__(self, category: str, detail: str) -> None:
         super().__init__(detail)
@@ -135,20 +136,20 @@ async def post_handoff(
             client.post(f"{base_url}/v1/handoff", content=body, headers=headers, timeout=timeout_s), timeout_s
         )
     except (asyncio.TimeoutError, httpx.TimeoutException) as err:
-        raise HandoffFailed("timeout", f"next tier did not answer within {timeout_s * 1000:.0f} ms") from err
+        raise HandoffFailed("next_tier_timeout", f"next tier did not answer within {timeout_s * 1000:.0f} ms") from err
     except httpx.HTTPError as err:
-        raise HandoffFailed("unreachable", f"next tier unreachable ({type(err).__name__}: {err})") from err
+        raise HandoffFailed("next_tier_unreachable", f"next tier unreachable ({type(err).__name__}: {err})") from err
     rtt_ms = (time.perf_counter() - start) * 1000
     if response.status_code != 200:
-        raise HandoffFailed("error_status", f"next tier answered {response.status_code}: {_error_detail(response)}")
+        raise HandoffFailed("next_tier_error", f"next tier answered {response.status_code}: {_error_detail(response)}")
     try:
         parsed = HandoffResponse.model_validate_json(response.content)
     except ValidationError as err:
         detail = f"next tier's answer is not a handoff response ({err.error_count()} errors)"
-        raise HandoffFailed("bad_response", detail) from err
+        raise HandoffFailed("next_tier_bad_answer", detail) from err
     if len(parsed.answers) != expected_answers:
         raise HandoffFailed(
-            "bad_response", f"next tier returned {len(parsed.answers)} answers for {expected_answers} samples"
+            "next_tier_bad_answer", f"next tier returned {len(parsed.answers)} answers for {expected_answers} samples"
         )
     return parsed, rtt_ms
 

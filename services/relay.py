@@ -178,18 +178,11 @@ class TierRelay:
                 failure = err
             else:
                 log.exception("handoff to %s failed unexpectedly", target)
-                failure = HandoffFailed("internal", f"{type(err).__name__}: {err}")
-            self.metrics.handoffs.inc(hop, failure.category)
-            self.metrics.degraded.inc(failure.category, amount=len(group))
-            log.warning("%d sample(s) answered at %s, degraded: %s", len(group), self.tier, failure.detail)
-            reason = f"{target} tier failed: {failure.detail}"
-            return await self._answer_here(batch, group, hop, sent, reason)
+                failure = HandoffFailed("handoff_failed", f"{type(err).__name__}: {err}")
+            return await self._degrade(batch, group, target, hop, sent, failure)
         bad = self._check_relayed(response.answers, target, boundary)
         if bad is not None:
-            self.metrics.handoffs.inc(hop, "bad_response")
-            self.metrics.degraded.inc("bad_response", amount=len(group))
-            log.warning("%d sample(s) answered at %s, degraded: %s", len(group), self.tier, bad)
-            return await self._answer_here(batch, group, hop, sent, f"{target} tier failed: {bad}")
+            return await self._degrade(batch, group, target, hop, sent, HandoffFailed("next_tier_bad_answer", bad))
         self.metrics.handoffs.inc(hop, "ok")
         hop_ms = max(0.0, rtt_ms - response.server_ms)
         encoding = self.settings.handoff_encoding
@@ -208,6 +201,19 @@ class TierRelay:
                 )
             )
         return forwarded
+
+    async def _degrade(
+        self, batch: _Batch, group: np.ndarray, target: str, hop: str, sent: float, failure: HandoffFailed
+    ) -> list[Answer]:
+        """Count and log a failed handoff (the details go to the log only) and answer its samples here, with the
+        failure's code as their degraded_reason."""
+        self.metrics.handoffs.inc(hop, failure.category)
+        self.metrics.degraded.inc(failure.category, amount=len(group))
+        log.warning(
+            "%d sample(s) answered at %s, degraded (%s): %s tier: %s",
+            len(group), self.tier, failure.category, target, failure.detail,
+        )  # fmt: skip
+        return await self._answer_here(batch, group, hop, sent, failure.category)
 
     @staticmethod
     def _check_relayed(answers: list[Answer], target: str, boundary: int) -> str | None:
@@ -244,7 +250,10 @@ class TierRelay:
             try:
                 results = await self._require_batcher().submit(items)
             except Exception as err:  # noqa: BLE001
-                raise InputError(503, f"the {self.tier} tier could not answer after a failed handoff: {err}") from err
+                log.exception("the %s tier could not answer after a failed handoff", self.tier)
+                raise InputError(
+                    503, f"the {self.tier} tier could not answer after a failed handoff; see its log"
+                ) from err
             wall = {self.tier: (time.perf_counter() - batch.start) * 1000, hop: (time.perf_counter() - sent) * 1000}
             for i, result in zip(rerun, results):
                 answers[i] = self._answer(
@@ -259,9 +268,9 @@ class TierRelay:
         url = self.settings.url_for(target)
         if not url or self.client is None:
             setting = "next_url" if (self.tier == "edge" or target == "edge") else "cloud_url"
-            raise HandoffFailed("no_next_tier", f"no next tier configured for {target} ({setting})")
+            raise HandoffFailed("next_tier_not_configured", f"no next tier configured for {target} ({setting})")
         if remaining_s < MIN_HANDOFF_BUDGET_S:
-            raise HandoffFailed("deadline", "request deadline reached before the handoff")
+            raise HandoffFailed("deadline_exceeded", "request deadline reached before the handoff")
         wait_s = remaining_s * WAIT_SHARE
         hop = f"{self.tier}_{target}"
         results = [batch.results[i] for i in group]
@@ -295,11 +304,11 @@ class TierRelay:
                 outcome = self.channel.simulate_transmission(len(body), self._channel_rng)
             if wait_s - outcome.seconds < MIN_HANDOFF_BUDGET_S:
                 detail = f"simulated link needs {outcome.seconds:.3f} s, more than the time left"
-                raise HandoffFailed("deadline", detail)
+                raise HandoffFailed("deadline_exceeded", detail)
             await asyncio.sleep(outcome.seconds)
             wait_s -= outcome.seconds  # the air time comes out of this hop's share of the deadline
             if not outcome.delivered:
-                raise HandoffFailed("channel", "simulated link lost a packet beyond its retransmission limit")
+                raise HandoffFailed("link_lost", "simulated link lost a packet beyond its retransmission limit")
         return await post_handoff(
             self.client,
             url,

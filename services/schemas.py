@@ -14,6 +14,33 @@ TierName = Literal["mobile", "edge", "cloud"]
 DistortionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
 HOPS: tuple[str, str, str] = ("mobile_edge", "mobile_cloud", "edge_cloud")
 
+#: Why an answer is `degraded`: the tier that answered meant to hand the sample on to a later tier of its route
+#: and could not, so it answered from its deepest exit computed so far. A stable set of codes (never an
+#: exception's text; the details go to that tier's log, with the request id), also the `reason` label of
+#: dimee_degraded_total and the failed `outcome`s of dimee_handoffs_total.
+DEGRADED_REASONS: dict[str, str] = {
+    "next_tier_not_configured": "no URL is configured for the tier the sample was to go to",
+    "deadline_exceeded": "too little of the request's deadline was left to hand the sample on",
+    "next_tier_timeout": "the next tier did not answer within its share of the deadline",
+    "next_tier_unreachable": "the next tier could not be reached (connection refused, reset, name not resolved)",
+    "next_tier_error": "the next tier answered with an error status",
+    "next_tier_bad_answer": "the next tier's answer was malformed or did not fit the handoff",
+    "link_lost": "the simulated link lost a packet beyond its retransmission limit",
+    "handoff_failed": "the handoff failed inside this tier (a bug: see its log)",
+}
+DegradedReason = Literal[
+    "next_tier_not_configured",
+    "deadline_exceeded",
+    "next_tier_timeout",
+    "next_tier_unreachable",
+    "next_tier_error",
+    "next_tier_bad_answer",
+    "link_lost",
+    "handoff_failed",
+]
+assert set(DegradedReason.__args__) == set(DEGRADED_REASONS)  # type: ignore[attr-defined]
+_REASONS_DOC = "why the answer is degraded, one of: " + "; ".join(f"{k} ({v})" for k, v in DEGRADED_REASONS.items())
+
 
 class ClassifyRequest(BaseModel):
     """Texts to classify. Give `text` or `texts` (and, for pair tasks, `text_pair` or `text_pairs`); the run's
@@ -143,7 +170,7 @@ class Answer(BaseModel):
     exit: int = Field(description="1-based exit that answered")
     tier: TierName = Field(description="tier that answered")
     degraded: bool = Field(description="answered locally because the next tier failed or ran out of time")
-    degraded_reason: str | None = None
+    degraded_reason: DegradedReason | None = Field(default=None, description=_REASONS_DOC)
     route: list[str] = Field(
         default_factory=list,
         description="stops from the tier that wrote this answer on, each 'tier@entry' (entry boundary: 0 = token ids)",
@@ -164,7 +191,7 @@ class Prediction(BaseModel):
     tier: TierName
     route: list[str] = Field(description="the sample's route: stops 'tier@entry', e.g. ['mobile@0', 'cloud@0']")
     degraded: bool
-    degraded_reason: str | None = None
+    degraded_reason: DegradedReason | None = Field(default=None, description=_REASONS_DOC)
     distortion: str | None = Field(
         default=None, description="distortion type the detector named (\"clean\": standard exits); only with experts on"
     )

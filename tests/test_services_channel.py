@@ -89,4 +89,4 @@ def test_lossy_link_beyond_retransmissions_degrades_to_a_local_answer(run_dir):
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert all(p["degraded"] and p["tier"] == "mobile" for p in predictions)
-    assert "simulated link lost a packet" in predictions[0]["degraded_reason"]
+    assert predictions[0]["degraded_reason"] == "link_lost"

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ import torch
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from services import Answer, HandoffMeta, HandoffResponse, TierSettings, create_app
+from services import Answer, HandoffMeta, HandoffResponse, Prediction, TierSettings, create_app
 from tests.factories import tiny_run_folder
 from tiers import CONTENT_TYPE, encode_handoff
 
@@ -353,3 +354,93 @@ def test_openapi_handoff_headers_say_what_the_server_accepts(receivers):
     assert not _valid(token["schema"], "")
     assert client.post("/v1/handoff", content=body, headers={**headers, "X-DIMEE-Token": "",
                                                              "X-DIMEE-Meta": good_meta}).status_code == 401
+
+
+# ---- 5. degraded answers carry a documented reason code, never an exception's text ---------------------------
+class _FailingNextTier(BaseHTTPRequestHandler):
+    """A next tier whose /healthz answers and whose handoffs fail with a revealing message."""
+
+    def do_GET(self):  # noqa: N802
+        self._reply(200, b'{"status": "ok"}')
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._reply(500, b'{"detail": "internal error (KeyError): secret-detail at /srv/model.py:12"}')
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def _failing_next_tier():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingNextTier)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _degraded_through(run_dir: Path, next_url: str | None, monkeypatch=None, raise_in_send: bool = False):
+    """Two texts forced to edge through a mobile whose link to edge fails in some way: its answer and metrics."""
+    settings = TierSettings(
+        run_dir=run_dir, tier="mobile", next_url=next_url, handoff_token=TOKEN, batch_window_ms=1, request_timeout_s=5
+    )
+    if raise_in_send:
+        async def broken(*_args, **_kwargs):
+            raise RuntimeError("secret-detail in TierRelay")
+
+        monkeypatch.setattr("services.relay.post_handoff", broken)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = client.post("/v1/classify", json={"texts": ["good", "bad film"], "force_tier": "edge"})
+        metrics = client.get("/metrics").text
+    assert response.status_code == 200, response.text
+    return response, metrics
+
+
+def test_degraded_reasons_are_stable_codes_without_internals(run_dir, monkeypatch):
+    from services.launch import free_port
+
+    with _failing_next_tier() as failing:
+        cases = {
+            "next_tier_not_configured": _degraded_through(run_dir, None),
+            "next_tier_unreachable": _degraded_through(run_dir, f"http://127.0.0.1:{free_port()}"),  # nobody listens
+            "next_tier_error": _degraded_through(run_dir, failing),
+            "handoff_failed": _degraded_through(run_dir, failing, monkeypatch, raise_in_send=True),
+        }
+    for code, (response, metrics) in cases.items():
+        predictions = response.json()["predictions"]
+        assert [(p["degraded"], p["degraded_reason"]) for p in predictions] == [(True, code)] * 2
+        for leak in ("Error", "secret-detail", "Traceback", "/srv/"):
+            assert leak not in response.text, (code, leak)
+        assert f'dimee_degraded_total{{reason="{code}",service="mobile"}} 2' in metrics
+    from services.schemas import DEGRADED_REASONS
+
+    assert set(cases) <= set(DEGRADED_REASONS)
+
+
+def test_degraded_reason_codes_are_in_the_schema_and_documented():
+    import services
+    from services.schemas import DEGRADED_REASONS
+
+    for model in (Answer, Prediction):
+        field = model.model_json_schema()["properties"]["degraded_reason"]
+        (codes,) = [s["enum"] for s in field["anyOf"] if s.get("type") == "string"]
+        assert codes == list(DEGRADED_REASONS) and all(code in field["description"] for code in codes)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for code in DEGRADED_REASONS:
+        assert code in services.__doc__, code
+        assert f"`{code}`" in readme, code
+    with pytest.raises(ValidationError):  # a next tier's free-text reason is not a reason
+        Answer(label=0, label_name="x", probabilities=[1.0, 0.0], exit=2, tier="edge", degraded=True,
+               degraded_reason="cloud tier failed: ConnectError")  # fmt: skip
