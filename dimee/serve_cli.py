@@ -17,22 +17,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_all(args: argparse.Namespace) -> int:
+    """Start the three tiers and wait; Ctrl-C, SIGTERM or SIGHUP stops all three (and, should this process be
+    killed outright, each tier stops itself once it sees its parent gone)."""
     from services import start_all
+    from services.launch import stop_signals
 
     env = {"DIMEE_HANDOFF_ENCODING": args.handoff_encoding} if args.handoff_encoding else None
-    with start_all(args.run_dir, base_port=args.base_port, plan=args.plan, env=env, log_dir=args.log_dir) as group:
-        mobile = group.urls["mobile"]
-        print("serving (Ctrl-C stops all three):")
-        for tier, url in group.urls.items():
-            print(f"  {tier:6s} {url}   (log: {group.log_dir}/{tier}.log)")
-        print(
-            f"try:  curl -s -X POST {mobile}/v1/classify -H 'Content-Type: application/json' "
-            "-d '{\"text\": \"a gripping, beautifully shot film\"}'"
-        )
+    with stop_signals():
         try:
-            return group.wait()
-        except KeyboardInterrupt:
-            print("stopping")
+            with start_all(
+                args.run_dir, base_port=args.base_port, plan=args.plan, env=env, log_dir=args.log_dir
+            ) as group:
+                mobile = group.urls["mobile"]
+                print("serving (Ctrl-C or SIGTERM stops all three):", flush=True)
+                for tier, url in group.urls.items():
+                    print(f"  {tier:6s} {url}   (log: {group.log_dir}/{tier}.log)")
+                print(
+                    f"try:  curl -s -X POST {mobile}/v1/classify -H 'Content-Type: application/json' "
+                    "-d '{\"text\": \"a gripping, beautifully shot film\"}'",
+                    flush=True,
+                )
+                code = group.wait()
+                print("stopping", flush=True)
+                return code
+        except KeyboardInterrupt:  # while starting (start_all has stopped what it started) or while stopping
+            print("stopping", flush=True)
             return 0
 
 

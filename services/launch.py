@@ -3,6 +3,12 @@
 `start_all` is what `dimee serve-all` and the end-to-end tests use: three real processes on loopback
 ports, wired mobile -> edge -> cloud plus the direct mobile -> cloud link, with one shared token, each started with
 `python -m services --tier ... --run-dir ...`, returned once every /readyz answers 200.
+
+The tiers never outlive the process that started them: `stop_signals` turns SIGTERM and SIGHUP (what systemd,
+Docker and Kubernetes send) into the KeyboardInterrupt of Ctrl-C, so the `with` block around the group stops
+them; and each child gets DIMEE_PARENT_PID and stops itself (`watch_parent`) when that parent is gone, however it
+died (SIGKILL, a crash). A watchdog on os.getppid() rather than prctl(PR_SET_PDEATHSIG): the latter fires when
+the *thread* that started the child exits, and needs a preexec_fn, which is unsafe in a threaded parent.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -32,6 +41,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [rid=%(request_id)s] %(message)
 HEADER_ALLOWANCE = 16 * 1024
 #: Settings that differ per tier; start_all passes them on the command line, never inherits them.
 _PER_TIER_ENV = frozenset(f"DIMEE_{name}" for name in ("TIER", "RUN_DIR", "PLAN", "NEXT_URL", "CLOUD_URL", "HOST", "PORT"))
+#: How often a tier started by start_all checks that its parent is still there.
+PARENT_POLL_S = 0.5
+#: After asking itself to stop (SIGTERM: uvicorn's graceful shutdown), how long an orphaned tier waits before
+#: exiting hard.
+ORPHAN_EXIT_S = 10.0
+#: Signals that stop `dimee serve-all` and its tiers like Ctrl-C does.
+STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGHUP")
+
+log = logging.getLogger("services.launch")
 
 
 def configure_logging(level: str) -> None:
@@ -51,6 +69,8 @@ def serve_tier(settings: TierSettings) -> None:
     import uvicorn
 
     configure_logging(settings.log_level)
+    if settings.parent_pid is not None:
+        watch_parent(settings.parent_pid)
     torch.set_num_threads(settings.torch_threads)  # per process: tiers sharing a machine share its cores
     app = create_app(settings)
     uvicorn.run(
@@ -62,6 +82,50 @@ def serve_tier(settings: TierSettings) -> None:
         timeout_graceful_shutdown=5,
         server_header=False,
     )
+
+
+def watch_parent(parent_pid: int, poll_s: float = PARENT_POLL_S, grace_s: float = ORPHAN_EXIT_S) -> threading.Thread:
+    """Stop this process once `parent_pid` is no longer its parent (the parent died and the process was
+    re-parented): SIGTERM to itself (uvicorn shuts down gracefully), then a hard exit after `grace_s`."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        log.warning("parent process %d is gone; stopping", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="dimee-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+@contextmanager
+def stop_signals(signals: tuple[str, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Within the block, the first of `signals` raises KeyboardInterrupt (as Ctrl-C does), so that `with` and
+    `finally` blocks run (a TierGroup stops its tiers); later ones are ignored while that cleanup runs. Only in
+    the main thread (where Python runs signal handlers); elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {}
+    for name in signals:
+        number = getattr(signal, name, None)
+        if number is not None:
+            previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 # ---- all three tiers as subprocesses -------------------------------------------------------------------------
@@ -127,7 +191,8 @@ class TierGroup:
             self.processes[name].stop()
 
     def wait(self, poll_s: float = 0.5) -> int:
-        """Block until one tier exits (its exit code) or Ctrl-C (0); for `dimee serve-all`. Call stop() after."""
+        """Block until one tier exits (its exit code) or Ctrl-C (0; SIGTERM and SIGHUP too within
+        `stop_signals`); for `dimee serve-all`. Call stop() after."""
         try:
             while True:
                 for proc in self.processes.values():
@@ -169,6 +234,7 @@ def start_all(
     urls = {tier: f"http://{_url_host(host)}:{port}" for tier, port in ports.items()}
     inherited = {k: v for k, v in os.environ.items() if k not in _PER_TIER_ENV}
     child_env = {**inherited, **(env or {}), "DIMEE_HANDOFF_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    child_env["DIMEE_PARENT_PID"] = str(os.getpid())  # the tiers stop themselves if this process dies
     processes: dict[str, TierProcess] = {}
     group = TierGroup(processes, token, logs)
     try:
