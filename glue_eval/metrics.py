@@ -4,6 +4,10 @@
 - accuracy and F1 of the positive class (label 1): mrpc, qqp
 - Matthews correlation: cola
 - Pearson and Spearman correlation (keys "pearson", "spearmanr", as in HF's `glue` metric): stsb
+- a task that is not GLUE (`glue_eval.tasks.custom_task`): accuracy and macro F1 ("macro_f1"), or Pearson and
+  Spearman for regression
+
+Every function takes a GLUE task name or a `GlueTask` (a run's own task: `glue_eval.tasks.run_task(info)`).
 
 `glue_metric/glue_metric.py` is the same computation packaged for `evaluate.load(glue_metric_path(), task)`;
 the tests check that both agree.
@@ -41,8 +45,10 @@ PRIMARY_METRICS: Mapping[str, str] = MappingProxyType(
 
 
 def primary_metric(task: str | GlueTask) -> str:
-    """Key (in `compute_glue_metrics`'s result) of the task's headline number; see `PRIMARY_METRICS`."""
-    return PRIMARY_METRICS[get_task(task).name]
+    """Key (in `compute_glue_metrics`'s result) of the task's headline number; see `PRIMARY_METRICS` (a task
+    that names its own, `GlueTask.primary`, gets that one)."""
+    t = get_task(task)
+    return t.primary or PRIMARY_METRICS.get(t.name) or t.metric_names[0]
 
 
 def glue_metric_path() -> str:
@@ -102,6 +108,8 @@ def compute_glue_metrics(task: str | GlueTask, predictions: Any, references: Any
             out[name] = float((preds == refs).mean())
         elif name == "f1":
             out[name] = float(f1_score(refs, preds, pos_label=1, average="binary", zero_division=0.0))
+        elif name == "macro_f1":
+            out[name] = float(f1_score(refs, preds, average="macro", zero_division=0.0))  # as sklearn/HF `f1`
         elif name == "matthews_correlation":
             out[name] = float(matthews_corrcoef(refs, preds))
         elif name == "pearson":

@@ -2,7 +2,8 @@
 
     <run>/encoder/              HF encoder + tokenizer (save_pretrained)
     <run>/exits.safetensors     exit heads; <run>/early_exit.json their config
-    <run>/run.json              task, text fields, label names, max length, tier plan, cost model, training
+    <run>/run.json              task (name, text fields, label names, metrics), data source (with fingerprints
+                                of its files and of the cached splits), max length, tier plan, cost model, training
     <run>/logits/<split>.npy    cached per-exit logits [n, L, num_labels] (float32)
     <run>/logits/<split>.labels.npy, <split>.tokens.npy (real-token counts), <split>.embedding.npy
     <run>/policy.json           fitted tier-selection policy (optional)
@@ -33,6 +34,11 @@ METRICS_FILE = "metrics.json"
 
 @dataclass
 class RunInfo:
+    """What run.json holds. `metric_names` / `primary_metric` and `data` describe the task and where its rows
+    came from (`data["kind"]`: "glue", "files" or "dataset"; `data["splits"]`: per cached split its size and
+    content fingerprint), so every later command works from the run folder alone; a run.json written before
+    they existed lacks them (a GLUE run: the registry describes it)."""
+
     task: str
     text_fields: list[str]
     label_names: list[str]
@@ -42,6 +48,9 @@ class RunInfo:
     cost_model: CostModel = field(default_factory=CostModel)
     base_model: str = ""
     training: dict = field(default_factory=dict)
+    metric_names: list[str] = field(default_factory=list)
+    primary_metric: str = ""
+    data: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -61,7 +70,9 @@ def write_run_info(folder: str | Path, info: RunInfo) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / RUN_FILE
-    path.write_text(json.dumps(info.to_dict(), indent=2))
+    partial = folder / f".{RUN_FILE}.partial"
+    partial.write_text(json.dumps(info.to_dict(), indent=2))
+    partial.replace(path)  # atomic: a reader sees the old run.json or the new one, never half of one
     return path
 
 
