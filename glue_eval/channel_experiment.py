@@ -33,8 +33,8 @@ from tiers import decode_handoff, load_tier_part, payload_size, read_run_info
 from tiers.channel import Channel, send_hidden_states
 
 from .data import subset
-from .tasks import get_task
-from .training import TrainConfig, encode_split, load_run_data, pad_batch
+from .tasks import run_task as task_of_run
+from .training import encode_split, load_run_data, pad_batch, stored_config
 
 DEFAULT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 ENCODINGS = ("fp32", "fp16", "int8")
@@ -51,11 +51,9 @@ class MobileCache:
 
 def _splits(run_dir: Path, calibration_n: int, seed: int):
     info = read_run_info(run_dir)
-    known = set(TrainConfig.__dataclass_fields__)
-    config = TrainConfig(**{k: v for k, v in info.training.items() if k in known})
-    config.data_dir, config.source = None, "local"
+    config = stored_config(info, run_dir)  # the data source the run's run.json records
     config.train_subset = config.eval_subset = config.calibration_subset = None
-    splits, note = load_run_data(config)
+    splits, note = load_run_data(config, info)
     return info, config, subset(splits["calibration"], calibration_n, seed), splits["validation"], note
 
 
@@ -168,7 +166,7 @@ def run_task(
 ) -> dict:
     t0 = time.time()
     info, config, cal_rows, val_rows, note = _splits(run_dir, calibration_n, seed)
-    task = get_task(info.task)
+    task = task_of_run(info)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "encoder")
     pad_id = tokenizer.pad_token_id or 0
     plan = info.plan

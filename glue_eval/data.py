@@ -73,13 +73,53 @@ def glue_features(task: str | GlueTask, columns: list[str] | None = None) -> dat
     return datasets.Features({c: known.get(c, datasets.Value("string")) for c in cols})
 
 
+def quiet_load_dataset(*args, **kwargs):
+    """`datasets.load_dataset` without its progress bars and log lines (stderr carries our one-line errors)."""
+    enabled = datasets.is_progress_bar_enabled()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)  # e.g. "Failed to load JSON from file ..."
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if enabled:
+            datasets.enable_progress_bars()
+
+
 def _load_local(t: GlueTask, path: Path) -> datasets.Dataset:
     # Typing the columns up front (from the first row's keys) casts while reading: one Arrow cache file, not two.
     with path.open(encoding="utf-8") as f:
         first = f.readline()
-    columns = list(json.loads(first)) if first.strip() else None
-    ds = datasets.load_dataset("json", data_files=str(path), split="train", features=glue_features(t, columns))
+    try:
+        columns = list(json.loads(first)) if first.strip() else None
+    except ValueError as err:
+        raise GlueDataError(f"{path} is not JSON lines (line 1: {err})") from None
+    if columns is None:
+        raise GlueDataError(f"{path} is empty (no rows)")
+    missing = [c for c in (*t.text_fields, "label") if c not in columns]
+    if missing:
+        raise GlueDataError(
+            f"{path}: no field {', '.join(map(repr, missing))} (GLUE {t.name} rows hold {', '.join(t.text_fields)}, label; "
+            f"fields found: {', '.join(columns)}); for other data use --train-file/--validation-file with --text-fields "
+            "and --label-field"
+        )
+    try:
+        ds = quiet_load_dataset("json", data_files=str(path), split="train", features=glue_features(t, columns))
+    except Exception as err:  # a row that does not fit the schema: datasets wraps the reader's error
+        cause = err.__cause__ or err
+        line = (str(cause).strip().splitlines() or [""])[0][:200]
+        raise GlueDataError(f"{path} does not fit GLUE {t.name}'s schema ({type(cause).__name__}: {line})") from err
     assert isinstance(ds, datasets.Dataset)
+    if not t.is_regression:
+        labels = np.asarray(ds["label"])
+        bad = np.flatnonzero((labels < -1) | (labels >= t.num_labels))  # -1: GLUE's unlabelled test rows
+        if bad.size:
+            raise GlueDataError(
+                f"{path}: label {int(labels[bad[0]])} in row {int(bad[0]) + 1} is not one of GLUE {t.name}'s "
+                f"{t.num_labels} labels (0..{t.num_labels - 1}: {', '.join(t.label_names)}); for another label set "
+                "use --train-file/--validation-file (your own data)"
+            )
     return ds
 
 

@@ -48,8 +48,8 @@ from .data import subset
 from .distortion import DISTORTIONS, check_distortion, check_severity, distort_texts, severity_schedule
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
 from .report import choose_knob, tunable_policies
-from .tasks import GlueTask, get_task
-from .training import Encoded, TrainConfig, load_run_data, pad_batch, pick_device, set_seed
+from .tasks import GlueTask, run_task
+from .training import Encoded, load_run_data, pad_batch, pick_device, set_seed, stored_config
 
 EXPERT_TYPES: tuple[str, ...] = ("char_swap", "char_drop", "char_insert", "keyboard", "word_dropout", "case_punct")
 DETECTOR_FEATURES: tuple[str, ...] = ("text", "text+embedding", "text+mobile")
@@ -68,7 +68,7 @@ class ExpertSetupError(ValueError):
 class ExpertConfig:
     run_dir: str
     data_dir: str | None = None
-    source: str = "auto"
+    source: str | None = None  # None: the data source the run's run.json stores
     types: tuple[str, ...] = EXPERT_TYPES
     train_subset: int | None = 4000
     train_source: str = "train"  # or "calibration": rows held out from fine-tuning (an ablation)
@@ -141,12 +141,14 @@ def run_splits(
     """The rows the experts train on (a subset of the run's train part, or of its calibration part with
     `train_source="calibration"`), and the validation rows, as at training time; plus a note."""
     info = read_run_info(run_dir)
-    known = set(TrainConfig.__dataclass_fields__)
-    config = TrainConfig(**{k: v for k, v in info.training.items() if k in known})
-    config.data_dir, config.source = data_dir, source
+    config = stored_config(info, run_dir)  # the data source run.json records
+    if data_dir is not None:
+        config.data_dir = data_dir
+    if source is not None:
+        config.source = source
     config.train_subset = config.eval_subset = config.calibration_subset = None
-    splits, note = load_run_data(config)
-    task = get_task(info.task)
+    splits, note = load_run_data(config, info)
+    task = run_task(info)
     train = subset(splits[train_source], train_subset, seed)
     n_part = len(splits[train_source])
     note = f"{note}; experts train on {len(train)} of the {n_part} rows of the run's {train_source} part (seed {seed})"
@@ -546,7 +548,7 @@ def fit_policies(run_dir: str | Path, names: Sequence[str], max_drop: float) -> 
     for family in tunable_policies(info.plan, info.cost_model):
         if family.name not in names:
             continue
-        knob, cv_drop = choose_knob(family, fit, info.plan, info.cost_model, info.task, max_drop)
+        knob, cv_drop = choose_knob(family, fit, info.plan, info.cost_model, run_task(info), max_drop)
         out[family.name] = (family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding), knob)
     return out
 
@@ -651,6 +653,7 @@ def equal_offload(curves: list[dict], step: float = 0.01) -> list[dict]:
 
 
 def score(policy, logits: np.ndarray, labels: np.ndarray, embedding: np.ndarray, info, task: str) -> dict:
+    task = run_task(info)  # the run's own task description (a task not in GLUE has no registry entry)
     result = evaluate_policy(policy, logits, labels, embedding)
     exits = result["exits"]
     chosen = predictions_from_logits(task, logits[np.arange(len(exits)), exits - 1])
@@ -778,7 +781,7 @@ def evaluate_experts(config: ExpertConfig, prepared: dict | None = None, log=pri
                         "knob": float(knob),
                         "n": n,
                         **score(policy, logits, st.split.labels, st.embedding, info, task),
-                        "final_accuracy": float((predictions_from_logits(task, st.logits[:, -1]) == st.split.labels).mean()),
+                        "final_accuracy": float((predictions_from_logits(run_task(info), st.logits[:, -1]) == st.split.labels).mean()),
                     }
                 )
     curves = knob_curves(config.run_dir, config.policies, sets, task) if config.curves else []

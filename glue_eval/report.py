@@ -48,6 +48,7 @@ from tiers.run import POLICY_FILE, read_temperatures
 
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
 from .scoreboard import BUDGETS, scoreboard
+from .tasks import run_task
 
 CALIBRATION = "calibration"
 VALIDATION = "validation"
@@ -215,7 +216,7 @@ def _fit_figures(policy: ExitPolicy, fit: CachedSplit, task: str, max_drop: floa
 def _row(name: str, knob, choice: KnobChoice | None, scored: dict, task: str) -> dict:
     shares = scored["tier_shares"]
     return {
-        "task": task,
+        "task": getattr(task, "name", task),
         "policy": name,
         "knob": knob,
         "cv_drop": None if choice is None else round(100 * choice.cv_drop, 2),
@@ -267,7 +268,7 @@ def report_tables(
     With ``curves=False`` only the chosen knobs are scored and the second frame holds just those rows.
     """
     info = read_run_info(run_dir)
-    plan, cost, task = info.plan, cost_model or info.cost_model, info.task
+    plan, cost, task = info.plan, cost_model or info.cost_model, run_task(info)
     temperatures = run_temperatures(run_dir, plan.num_layers, use_temperatures)
     fit, evaluation = read_cached_split(run_dir, fit_split), read_cached_split(run_dir, eval_split)
     rows, curve_rows = [], []
@@ -341,7 +342,7 @@ def fit_run_policy(
     fit = read_cached_split(run_dir, fit_split)
     temperatures = run_temperatures(run_dir, info.plan.num_layers, use_temperatures)
     family = next(f for f in tunable_policies(info.plan, info.cost_model, temperatures) if f.name == variant)
-    choice = cross_fit_knob(family, fit, info.task, max_drop)
+    choice = cross_fit_knob(family, fit, run_task(info), max_drop)
     policy = family.build(choice.knob).fit(fit.logits, fit.labels, features=fit.embedding)
     (Path(run_dir) / POLICY_FILE).write_text(json.dumps(policy.to_dict()))
     return policy, choice.knob
@@ -350,7 +351,7 @@ def fit_run_policy(
 def evaluate_policy_on_run(policy: ExitPolicy, run_dir: str | Path, split: str = VALIDATION) -> dict:
     """Score a fitted policy on a cached split of its run (task metric, drop, cost, tier shares)."""
     info = read_run_info(run_dir)
-    scored = _score(policy, read_cached_split(run_dir, split), info.task)
+    scored = _score(policy, read_cached_split(run_dir, split), run_task(info))
     return _row(type(policy).__name__, None, None, scored, info.task)
 
 
@@ -361,12 +362,12 @@ def knob_curves(run_dir: str | Path, use_temperatures: bool = True) -> pd.DataFr
     return report_tables(run_dir, use_temperatures=use_temperatures)[1]
 
 
-def pareto_frame(rows: pd.DataFrame) -> pd.DataFrame:
+def pareto_frame(rows: pd.DataFrame, metric_name: str | None = None) -> pd.DataFrame:
     """Report rows -> the table `glue_eval.plots.plot_pareto` draws (metric and final metric as fractions)."""
     frame = rows[["task", "policy", "knob", "normalised_cost"]].copy()
     frame["metric"] = rows["metric"].astype(float) / 100
     frame["final_metric"] = (rows["metric"].astype(float) + rows["drop"].astype(float)).round(2) / 100
-    frame["metric_name"] = [primary_metric(t) for t in rows["task"]]
+    frame["metric_name"] = metric_name or [primary_metric(t) for t in rows["task"]]
     return frame
 
 
@@ -391,7 +392,7 @@ def write_glue_report(
         table, curves = report_tables(run, max_drop=max_drop, families=families, use_temperatures=use_temperatures)
         tables.append(table)
         all_curves.append(curves)
-        plot_pareto(pareto_frame(curves), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
+        plot_pareto(pareto_frame(curves, primary_metric(run_task(info))), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
         temps = "temperatures.json applied" if run_temperatures(run, info.plan.num_layers, use_temperatures) is not None else "uncalibrated"
         notes.append(
             f"- `{run}`: {info.task}, {info.training.get('data', '')}, n_train {info.training.get('n_train')}, {temps}"

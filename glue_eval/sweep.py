@@ -78,6 +78,7 @@ from tiers import (
 from tiers.run import LOGITS_DIR, cached_splits, read_temperatures
 
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
+from .tasks import run_task
 
 # ---- grid fields ------------------------------------------------------------------------------------------
 COST_FIELDS: tuple[str, ...] = tuple(CostModel.field_names())
@@ -388,9 +389,9 @@ def _load(run: _Run, fit_split: str, eval_split: str, use_temperatures: bool) ->
     if fit.logits.shape[1] != run.info.plan.num_layers:
         layers = run.info.plan.num_layers
         raise ValueError(f"{run.folder}: logits have {fit.logits.shape[1]} exits, run.json says {layers}")
-    task = run.info.task
-    metric = primary_metric(task)
-    final = predictions_from_logits(task, evaluation.logits[:, -1])
+    task, spec = run.info.task, run_task(run.info)  # spec: the run's own task description (any data set)
+    metric = primary_metric(spec)
+    final = predictions_from_logits(spec, evaluation.logits[:, -1])
     unique, index = np.unique(np.asarray(evaluation.token_counts, dtype=np.int64), return_inverse=True)
     return _Data(
         run=run,
@@ -398,7 +399,7 @@ def _load(run: _Run, fit_split: str, eval_split: str, use_temperatures: bool) ->
         fit=fit,
         eval=evaluation,
         metric_name=metric,
-        final_metric=compute_glue_metrics(task, final, evaluation.labels)[metric],
+        final_metric=compute_glue_metrics(spec, final, evaluation.labels)[metric],
         unique_counts=unique,
         count_index=index.reshape(-1),
         correct_fit=per_exit_correct(fit.logits, fit.labels),
@@ -448,7 +449,8 @@ def _exit_stats(data: _Data, plan: TierPlan, solution: "_Solution") -> _Stats:
     scored = evaluate_exits(solution.exits, ev.logits, ev.labels, plan, CostModel(), outcome=outcome)
     exits = solution.exits
     chosen = ev.logits[np.arange(exits.size), exits - 1]
-    metric = compute_glue_metrics(data.task, predictions_from_logits(data.task, chosen), ev.labels)[data.metric_name]
+    spec = run_task(data.run.info)
+    metric = compute_glue_metrics(spec, predictions_from_logits(spec, chosen), ev.labels)[data.metric_name]
     L = plan.num_layers
     cells = len(table.paths) * L
     flat = solution.routes * L + (solution.depths - 1)

@@ -1,4 +1,4 @@
-"""Fine-tune an early-exit encoder on a GLUE task and cache every exit's logits in the run folder.
+"""Fine-tune an early-exit encoder on a GLUE task or your own data and cache every exit's logits in the run folder.
 
 Joint training: loss = sum_i w_i * loss_i over the L exits, with w_i = i / sum(1..L) (PABEE, DIMEE's
 release) or uniform weights (ElasticBERT). Batches are padded dynamically to their longest text.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,16 +28,20 @@ from tiers import (
     EarlyExitModel,
     RunInfo,
     TierPlan,
+    cached_splits,
     default_plan,
+    read_cached_split,
+    read_run_info,
     resolve_encoder,
     write_cached_split,
     write_run_info,
 )
-from tiers.run import METRICS_FILE
+from tiers.run import METRICS_FILE, RUN_FILE
 
-from .data import available_splits, load_glue_split, split_for_calibration, subset
+from .data import available_splits, load_glue_split, local_split_path, split_for_calibration, subset
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
-from .tasks import GlueTask, get_task
+from .owndata import DataSourceError, file_sha256, load_own_data, rows_fingerprint
+from .tasks import TASKS, GlueTask, UnknownTaskError, get_task, run_task
 
 LOSS_WEIGHTINGS = ("weighted", "uniform")
 CALIBRATION_SPLIT = "calibration"
@@ -44,6 +50,10 @@ VALIDATION_SPLIT = "validation"
 
 class TrainingError(ValueError):
     """A training setting that cannot work (the message says which and why)."""
+
+
+class RunDataMismatch(ValueError):
+    """Data offered to a run is not the data its caches hold (eval refuses to overwrite them)."""
 
 
 @dataclass
@@ -70,9 +80,46 @@ class TrainConfig:
     source: str = "auto"
     device: str = "auto"
     cost_model: dict = field(default_factory=dict)
+    # your own data (glue_eval.owndata): local files or a named HF data set; `task` then only names it
+    train_file: str | None = None
+    validation_file: str | None = None
+    dataset_name: str | None = None
+    dataset_config: str | None = None
+    text_fields: list[str] | None = None
+    label_field: str | None = None
+    label_names: list[str] | None = None
+
+    @property
+    def own_data(self) -> bool:
+        """True when the rows come from files or a named data set rather than the GLUE registry."""
+        return bool(self.train_file or self.validation_file or self.dataset_name)
 
     def validate(self) -> None:
-        get_task(self.task)
+        if isinstance(self.task, GlueTask):  # a hand-made task: its fields and label names, with its data
+            self._adopt_task(self.task)
+        if isinstance(self.text_fields, str):
+            self.text_fields = [f.strip() for f in self.text_fields.split(",") if f.strip()]
+        if isinstance(self.label_names, str):
+            self.label_names = [n.strip() for n in self.label_names.split(",") if n.strip()]
+        if self.own_data:
+            if not str(self.task).strip():
+                raise TrainingError("a task name is needed for your own data (--task NAME)")
+            if self.dataset_name and (self.train_file or self.validation_file):
+                raise TrainingError("give either --dataset-name or --train-file/--validation-file, not both")
+            if not self.dataset_name and not (self.train_file and self.validation_file):
+                raise TrainingError("your own data needs both --train-file F and --validation-file F (or --dataset-name)")
+        else:
+            try:
+                get_task(self.task)
+            except UnknownTaskError as err:
+                raise TrainingError(
+                    f"{err}; for your own data pass --train-file F --validation-file F (CSV, JSON lines or Parquet) "
+                    "or --dataset-name NAME, with --text-fields a[,b] and --label-field y"
+                ) from None
+            extra = [n for n, v in (("--text-fields", self.text_fields), ("--label-field", self.label_field),
+                                    ("--label-names", self.label_names), ("--dataset-config", self.dataset_config)) if v]
+            if extra:
+                raise TrainingError(f"{', '.join(extra)} apply to your own data (--train-file/--dataset-name), not to GLUE {self.task}")
         checks = [
             (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
@@ -87,6 +134,18 @@ class TrainConfig:
             if not ok:
                 raise TrainingError(message)
         CostModel.from_dict(self.cost_model)
+
+    def _adopt_task(self, task: GlueTask) -> None:
+        if TASKS.get(task.name) == task and not self.own_data:
+            self.task = task.name
+            return
+        if not self.own_data:
+            raise TrainingError(
+                f"task {task.name!r} is not a GLUE task: give its data (train_file and validation_file, or dataset_name)"
+            )
+        self.task = task.name
+        self.text_fields = self.text_fields or list(task.text_fields)
+        self.label_names = self.label_names or (list(task.label_names) or None)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -168,13 +227,19 @@ def joint_exit_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.T
 
 
 # ---- data for a run --------------------------------------------------------------------------------------
-def load_run_data(config: TrainConfig) -> tuple[dict, str]:
-    """Train, calibration and evaluation rows, plus a note on where they came from.
+@dataclass
+class RunData:
+    """The rows of a run (train, calibration, validation), the task they define and where they came from
+    (`source`: what run.json stores under "data", with the cached splits' sizes and fingerprints)."""
 
-    Where a task's train split is not available (offline MNLI/QNLI), the validation split is carved into
-    train / calibration / held-out evaluation parts with a fixed seed, and the note says so.
-    """
-    task = get_task(config.task)
+    task: GlueTask
+    splits: dict
+    note: str
+    source: dict
+
+
+def _glue_rows(task: GlueTask, config: TrainConfig) -> tuple:
+    """(train, evaluation, note) of a GLUE task, by the config's source and folder."""
     has_local_train = task.train_split in available_splits(task, config.data_dir)
     if has_local_train or config.source == "hub":
         train = load_glue_split(task, task.train_split, config.source, config.data_dir)
@@ -192,11 +257,65 @@ def load_run_data(config: TrainConfig) -> tuple[dict, str]:
                 f"train split unavailable offline: {task.validation_split} carved into 70% train "
                 f"(then {config.calibration_fraction:.0%} of it for calibration) and a 30% held-out evaluation part"
             )
+    return train, evaluation, note
+
+
+def glue_source(task: GlueTask, config: TrainConfig) -> dict:
+    """run.json's "data" for a GLUE run: the folder actually read (resolved) and the sha256 of its files."""
+    files = {}
+    if config.source != "hub":
+        for split in (task.train_split, task.validation_split):
+            path = local_split_path(task, split, config.data_dir)
+            if path is not None and path.is_file():
+                files[split] = str(path.resolve())
+    folder = str(Path(next(iter(files.values()))).parent.parent) if files else None
+    return {"kind": "glue", "task": task.name, "source": "local" if files else config.source, "data_dir": folder,
+            "files": files, "sha256": {k: file_sha256(p) for k, p in files.items()}}
+
+
+def split_record(rows, task: GlueTask) -> dict:
+    """What run.json keeps of a cached split: its size and content fingerprint."""
+    return {"n": len(rows), "fingerprint": rows_fingerprint(rows, task.text_fields)}
+
+
+def prepare_run_data(config: TrainConfig, task: GlueTask | None = None, label_values: list | None = None) -> RunData:
+    """Train, calibration and evaluation rows of a run, the task, a note on where they came from and the
+    source record.
+
+    A GLUE task reads `glue_eval.data`; your own data (`train_file` / `validation_file`, or `dataset_name`)
+    reads `glue_eval.owndata` and defines its task there, unless `task` (and `label_values`) of an existing
+    run are given: then that run's fields and label mapping apply. Where a GLUE task's train split is not
+    available (offline MNLI/QNLI), the validation split is carved into train / calibration / held-out
+    evaluation parts with a fixed seed, and the note says so. The calibration part is carved from train.
+    """
+    if config.own_data:
+        own = load_own_data(
+            config.task, config.train_file, config.validation_file, config.dataset_name, config.dataset_config,
+            config.text_fields, config.label_field, config.label_names, task=task, label_values=label_values,
+        )
+        task, train, evaluation, note, source = own.task, own.train, own.validation, own.note, own.source
+        if len(train) < 2:
+            raise DataSourceError(f"{config.train_file or config.dataset_name}: the train split needs at least 2 rows")
+    else:
+        task = task or get_task(config.task)
+        train, evaluation, note = _glue_rows(task, config)
+        source = glue_source(task, config)
     train, calibration = split_for_calibration(train, config.calibration_fraction, config.seed)
     train = subset(train, config.train_subset, config.seed)
     calibration = subset(calibration, config.calibration_subset, config.seed)
     evaluation = subset(evaluation, config.eval_subset, config.seed)
-    return {"train": train, CALIBRATION_SPLIT: calibration, VALIDATION_SPLIT: evaluation}, note
+    splits = {"train": train, CALIBRATION_SPLIT: calibration, VALIDATION_SPLIT: evaluation}
+    source["splits"] = {s: split_record(splits[s], task) for s in (CALIBRATION_SPLIT, VALIDATION_SPLIT)}
+    return RunData(task, splits, note, source)
+
+
+def load_run_data(config: TrainConfig, info: RunInfo | None = None) -> tuple[dict, str]:
+    """(splits, note) of `prepare_run_data`; with the run's `info`, its own task and label mapping apply."""
+    if info is None:
+        data = prepare_run_data(config)
+    else:
+        data = prepare_run_data(config, run_task(info), (info.data or {}).get("label_values"))
+    return data.splits, data.note
 
 
 # ---- training and logit caching --------------------------------------------------------------------------
@@ -277,34 +396,71 @@ def collect_logits(
 
 def per_exit_metrics(task: GlueTask, cached: CachedSplit) -> list[dict]:
     """The task's GLUE metrics at every exit (vectorised over the cached logits)."""
-    predictions = predictions_from_logits(task.name, cached.logits)  # [n, L]
+    predictions = predictions_from_logits(task, cached.logits)  # [n, L]
     return [
-        {"exit": i + 1, **compute_glue_metrics(task.name, predictions[:, i], cached.labels)}
+        {"exit": i + 1, **compute_glue_metrics(task, predictions[:, i], cached.labels)}
         for i in range(cached.logits.shape[1])
     ]
 
 
 def cache_run_splits(
-    model: EarlyExitModel, tokenizer, task: GlueTask, splits: dict, config: TrainConfig, device: torch.device
+    model: EarlyExitModel, tokenizer, task: GlueTask, splits: dict, config: TrainConfig, device: torch.device,
+    out: str | Path | None = None, names: tuple[str, ...] = (CALIBRATION_SPLIT, VALIDATION_SPLIT),
+    encoded: dict | None = None,
 ) -> dict:
-    """Write cached logits of the calibration and evaluation splits, and return their per-exit metrics."""
+    """Write cached logits of the named splits (default: calibration and evaluation) into `out` (default
+    config.output_dir), and return their per-exit metrics."""
     pad_id = tokenizer.pad_token_id or 0
+    out = Path(out if out is not None else config.output_dir)
     metrics = {}
-    for split in (CALIBRATION_SPLIT, VALIDATION_SPLIT):
-        encoded = encode_split(tokenizer, task, splits[split], config.max_length)
-        cached = collect_logits(model, encoded, config.eval_batch_size, pad_id, device, desc=f"logits {split}")
-        write_cached_split(config.output_dir, split, cached)
-        metrics[split] = {"n": len(encoded), "per_exit": per_exit_metrics(task, cached)}
+    for split in names:
+        enc = (encoded or {}).get(split) or encode_split(tokenizer, task, splits[split], config.max_length)
+        cached = collect_logits(model, enc, config.eval_batch_size, pad_id, device, desc=f"logits {split}")
+        write_cached_split(out, split, cached)
+        metrics[split] = {"n": len(enc), "per_exit": per_exit_metrics(task, cached)}
     return metrics
 
 
+def _resolve_paths(config: TrainConfig) -> None:
+    """Absolute file paths in the config (run.json must work from any folder later)."""
+    for name in ("train_file", "validation_file"):
+        value = getattr(config, name)
+        if value:
+            setattr(config, name, str(Path(value).expanduser().resolve()))
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"output {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_FILE).exists():
+        raise TrainingError(f"output folder {out} exists, holds files and is not a run folder; choose another --output")
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the finished run into place; a run folder already there is replaced as a whole (its policy,
+    temperatures and experts belong to the old model)."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def train_run(config: TrainConfig) -> Path:
-    """Fine-tune, save the run folder (HF checkpoint, run.json), cache logits and write metrics.json."""
+    """Fine-tune, save the run folder (HF checkpoint, run.json), cache logits and write metrics.json.
+
+    The folder is built beside the output under a hidden name and moved into place only when complete, so a
+    failed or interrupted train leaves no run folder (and an earlier run there untouched).
+    """
     config.validate()
-    task = get_task(config.task)
+    _resolve_paths(config)
+    out = Path(config.output_dir)
+    _check_output(out)
     set_seed(config.seed)
     device = pick_device(config.device)
-    splits, data_note = load_run_data(config)
+    data = prepare_run_data(config)
+    task, splits = data.task, data.splits
     encoder_path = resolve_encoder(config.model)
     tokenizer = AutoTokenizer.from_pretrained(encoder_path)
     model = EarlyExitModel.from_encoder(encoder_path, task.num_labels, pooling=config.pooling)
@@ -312,27 +468,36 @@ def train_run(config: TrainConfig) -> Path:
     pad_id = tokenizer.pad_token_id or 0
     train_encoded = encode_split(tokenizer, task, splits["train"], config.max_length)
     training = train_early_exit(model, train_encoded, config, pad_id, device)
-    out = Path(config.output_dir)
-    model.to("cpu").save_pretrained(out, tokenizer=tokenizer)
-    info = RunInfo(
-        task=task.name,
-        text_fields=list(task.text_fields),
-        label_names=list(task.label_names) or ["score"],
-        num_labels=task.num_labels,
-        max_length=config.max_length,
-        plan=plan,
-        cost_model=CostModel.from_dict(config.cost_model),
-        base_model=str(config.model),
-        training={**asdict(config), **training, "data": data_note, "n_train": len(train_encoded)},
-    )
-    write_run_info(out, info)
-    metrics = cache_run_splits(model.to(device), tokenizer, task, splits, config, device)
-    write_metrics(out, task, metrics, training)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        model.to("cpu").save_pretrained(stage, tokenizer=tokenizer)
+        info = RunInfo(
+            task=task.name,
+            text_fields=list(task.text_fields),
+            label_names=list(task.label_names) or ["score"],
+            num_labels=task.num_labels,
+            max_length=config.max_length,
+            plan=plan,
+            cost_model=CostModel.from_dict(config.cost_model),
+            base_model=str(config.model),
+            training={**asdict(config), **training, "data": data.note, "n_train": len(train_encoded)},
+            metric_names=list(task.metric_names),
+            primary_metric=primary_metric(task),
+            data=data.source,
+        )
+        metrics = cache_run_splits(model.to(device), tokenizer, task, splits, config, device, out=stage)
+        write_metrics(stage, task, metrics, training)
+        write_run_info(stage, info)  # last: a folder without run.json is no run to any later command
+        _publish(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
     return out
 
 
 def write_metrics(out: Path, task: GlueTask, metrics: dict, training: dict | None = None) -> Path:
-    payload = {"task": task.name, "primary_metric": primary_metric(task.name), "splits": metrics}
+    payload = {"task": task.name, "primary_metric": primary_metric(task), "splits": metrics}
     if training:
         payload["training"] = training
     path = out / METRICS_FILE
@@ -340,20 +505,152 @@ def write_metrics(out: Path, task: GlueTask, metrics: dict, training: dict | Non
     return path
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | None = None, source: str = "auto", device: str = "auto") -> dict:
-    """Re-cache the logits of an existing run (same splits, same seed) and rewrite its metrics."""
-    from tiers import read_run_info
+def stored_config(info: RunInfo, run_dir: str | Path) -> TrainConfig:
+    """The run's TrainConfig as run.json stores it, reading from the data source it recorded."""
+    known = set(TrainConfig.__dataclass_fields__)
+    config = TrainConfig(**{k: v for k, v in info.training.items() if k in known})
+    config.output_dir = str(run_dir)
+    data = info.data or {}
+    if data.get("kind") == "glue" and data.get("data_dir"):
+        config.data_dir, config.source = data["data_dir"], "local"
+    return config
 
+
+def _source_of(config: TrainConfig) -> str:
+    if config.dataset_name:
+        return f"data set {config.dataset_name}" + (f"/{config.dataset_config}" if config.dataset_config else "")
+    if config.own_data:
+        return f"files {config.train_file or '-'}, {config.validation_file}"
+    return f"GLUE {config.task} ({config.source}, {config.data_dir or 'default folder'})"
+
+
+def _check_same_rows(run_dir: Path, info: RunInfo, data: RunData, encoded: dict, where: str) -> None:
+    """Refuse (before anything is written) when the rows offered for a cached split are not the rows cached:
+    by content fingerprint where run.json stores one, else by size, labels and token counts of the cache."""
+    stored = (info.data or {}).get("splits", {})
+    fix = (
+        f"nothing was written. To evaluate other data, cache it under a new split name: "
+        f"`dimee eval {run_dir} --split NAME` with its source (--data-dir, --validation-file or --dataset-name)"
+    )
+    for split in (CALIBRATION_SPLIT, VALIDATION_SPLIT):
+        new = data.source["splits"][split]
+        old = stored.get(split)
+        if old is not None:
+            if old.get("fingerprint") != new["fingerprint"]:
+                raise RunDataMismatch(
+                    f"refusing to overwrite {run_dir}'s {split} caches: the rows read now from {where} (n {new['n']}) "
+                    f"are not the rows the run was cached with (n {old.get('n')}; fingerprints differ); {fix}"
+                )
+            continue
+        if split not in cached_splits(run_dir):
+            continue
+        cached = read_cached_split(run_dir, split)
+        same = len(cached.labels) == new["n"] and np.array_equal(cached.labels, encoded[split].labels) and np.array_equal(
+            cached.token_counts, encoded[split].lengths
+        )
+        if not same:
+            raise RunDataMismatch(
+                f"refusing to overwrite {run_dir}'s {split} caches: the rows read now from {where} (n {new['n']}) "
+                f"differ from the cached ones (n {len(cached.labels)}); {fix}"
+            )
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | None = None,
+    source: str | None = None,
+    device: str = "auto",
+    split: str | None = None,
+    validation_file: str | None = None,
+    dataset_name: str | None = None,
+    dataset_config: str | None = None,
+) -> dict:
+    """Re-cache the logits of an existing run and rewrite its metrics, from the data source run.json stores.
+
+    Another source (`data_dir`/`source` for a GLUE run; `validation_file` or `dataset_name` for your own data)
+    may only re-cache the very rows the run holds (checked by fingerprint; else `RunDataMismatch`, nothing
+    written). To evaluate other data, name a new split: `split="news"` caches that source's evaluation rows
+    as `logits/news.*` and adds them to metrics.json and run.json, leaving calibration and validation alone.
+    """
+    run_dir = Path(run_dir)
     info = read_run_info(run_dir)
-    stored = dict(info.training)
-    known = {f for f in TrainConfig.__dataclass_fields__}
-    config = TrainConfig(**{k: v for k, v in stored.items() if k in known})
-    config.output_dir, config.data_dir, config.source, config.device = str(run_dir), data_dir, source, device
-    task = get_task(info.task)
-    splits, _ = load_run_data(config)
+    config = stored_config(info, run_dir)
+    config.device = device
+    glue_run = not config.own_data
+    if glue_run and (validation_file or dataset_name):
+        raise TrainingError(f"{run_dir} is a GLUE run ({info.task}): choose its data with --data-dir / --source")
+    if not glue_run and (data_dir is not None or source is not None):
+        raise TrainingError(f"{run_dir} is a run of your own data ({info.task}): choose its data with --validation-file or --dataset-name")
+    if data_dir is not None:
+        config.data_dir = data_dir
+    if source is not None:
+        config.source = source
+    if validation_file is not None:
+        config.validation_file = str(Path(validation_file).expanduser().resolve())
+    if dataset_name is not None:
+        config.dataset_name, config.dataset_config = dataset_name, dataset_config
+        config.train_file = config.validation_file = None
+    task = run_task(info)
+    label_values = (info.data or {}).get("label_values")
+    if split is not None:
+        return _evaluate_new_split(run_dir, info, task, config, split, label_values)
+    data = prepare_run_data(config, task, label_values)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "encoder")
+    encoded = {s: encode_split(tokenizer, task, data.splits[s], config.max_length) for s in (CALIBRATION_SPLIT, VALIDATION_SPLIT)}
+    _check_same_rows(run_dir, info, data, encoded, _source_of(config))
     model = EarlyExitModel.from_pretrained(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(Path(run_dir) / "encoder")
-    metrics = cache_run_splits(model, tokenizer, task, splits, config, pick_device(device))
+    metrics = cache_run_splits(model, tokenizer, task, data.splits, config, pick_device(device), out=run_dir, encoded=encoded)
     timing = ("steps", "train_seconds", "seconds_per_1000_samples", "final_loss", "device")
-    write_metrics(Path(run_dir), task, metrics, {k: stored[k] for k in timing if k in stored})
+    stored = dict(info.training)
+    write_metrics(run_dir, task, {**_stored_metrics(run_dir), **metrics}, {k: stored[k] for k in timing if k in stored})
+    if not (info.data or {}).get("splits"):  # an older run: record what it now holds
+        info.data = {**data.source, **(info.data or {}), "splits": data.source["splits"]}
+        write_run_info(run_dir, info)
+    return metrics
+
+
+def _stored_metrics(run_dir: Path) -> dict:
+    path = run_dir / METRICS_FILE
+    try:
+        return dict(json.loads(path.read_text()).get("splits", {})) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def _evaluate_new_split(run_dir: Path, info: RunInfo, task: GlueTask, config: TrainConfig, split: str, label_values) -> dict:
+    """Cache another source's evaluation rows under a new split name (never over the run's own splits)."""
+    if split in ("train", CALIBRATION_SPLIT, VALIDATION_SPLIT) or not split.replace("-", "_").isidentifier():
+        raise TrainingError(
+            f"--split {split!r}: choose a new name (letters, digits, _ or -) other than train, calibration, validation"
+        )
+    if config.own_data and not config.dataset_name:
+        own = load_own_data(task.name, None, config.validation_file, text_fields=task.text_fields,
+                            label_field=config.label_field, task=task, label_values=label_values)
+        rows, note = own.validation, own.note
+    elif config.own_data:
+        own = load_own_data(task.name, dataset_name=config.dataset_name, dataset_config=config.dataset_config,
+                            label_field=config.label_field, task=task, label_values=label_values)
+        rows, note = own.validation, own.note
+    else:
+        rows = load_glue_split(task, task.validation_split, config.source, config.data_dir)
+        note = f"GLUE {task.name} {task.validation_split} from {config.data_dir or config.source}"
+    rows = subset(rows, config.eval_subset, config.seed)
+    record = {**split_record(rows, task), "source": _source_of(config), "note": note}
+    data = dict(info.data or {})
+    known = dict(data.get("splits", {}))
+    if split in known and known[split].get("fingerprint") != record["fingerprint"]:
+        raise RunDataMismatch(
+            f"refusing to overwrite {run_dir}'s {split!r} caches: they hold other rows "
+            f"(n {known[split].get('n')}, from {known[split].get('source')}); choose another --split name"
+        )
+    if split in cached_splits(run_dir) and split not in known:
+        raise RunDataMismatch(f"{run_dir} already has cached logits {split!r} of unknown origin; choose another --split name")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "encoder")
+    model = EarlyExitModel.from_pretrained(run_dir)
+    metrics = cache_run_splits(model, tokenizer, task, {split: rows}, config, pick_device(config.device), out=run_dir, names=(split,))
+    previous = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).exists() else {}
+    write_metrics(run_dir, task, {**previous.get("splits", {}), **metrics}, previous.get("training"))
+    known[split] = record
+    info.data = {**data, "splits": known}
+    write_run_info(run_dir, info)
     return metrics
