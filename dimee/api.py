@@ -11,10 +11,26 @@ import torch
 
 from clustering import AllCloudPolicy
 from glue_eval.metrics import predictions_from_logits, primary_metric
+from glue_eval.owndata import own_task_name
 from glue_eval.report import evaluate_policy_on_run, fit_run_policy
+from glue_eval.tasks import run_task
 from glue_eval.training import TrainConfig, train_run
 from tiers import EarlyExitModel, read_cached_split, read_run_info, tokenize_for_inference
 from tiers.run import METRICS_FILE
+
+
+def train(config: TrainConfig | None = None, **settings) -> Path:
+    """Train a run: `train(TrainConfig(...))` or `train(task="rte", ...)` / `train(train_file=..., validation_file=...,
+    text_fields="text", label_field="label", output_dir=...)` (any `TrainConfig` field); returns the run folder."""
+    if config is not None and settings:
+        raise TypeError("give a TrainConfig or its fields as keywords, not both")
+    if config is None:
+        if "task" not in settings and (settings.get("train_file") or settings.get("dataset_name")):
+            settings["task"] = own_task_name(settings.get("train_file"), settings.get("dataset_name"))
+        if "output_dir" not in settings:
+            settings["output_dir"] = str(Path("runs") / str(settings.get("task") or TrainConfig.task))
+        config = TrainConfig(**settings)
+    return train_run(config)
 
 
 def exit_table(run_dir: str | Path, split: str = "validation") -> pd.DataFrame:
@@ -25,7 +41,10 @@ def exit_table(run_dir: str | Path, split: str = "validation") -> pd.DataFrame:
     if not metrics_path.exists():
         raise FileNotFoundError(f"{metrics_path} is missing; run `dimee eval {run_dir}` first")
     metrics = json.loads(metrics_path.read_text())
-    metric = primary_metric(info.task)
+    if split not in metrics.get("splits", {}):
+        have = ", ".join(metrics.get("splits", {})) or "none"
+        raise ValueError(f"{metrics_path} has no split {split!r} (has: {have}); cache it with `dimee eval {run_dir} --split {split} ...`")
+    metric = primary_metric(run_task(info))
     costs = info.cost_model.normalised_exit_costs(info.plan)
     rows = []
     for entry in metrics["splits"][split]["per_exit"]:
@@ -52,7 +71,7 @@ def predict_texts(run_dir: str | Path, texts: list[str], text_pairs: list[str] |
     model = EarlyExitModel.from_pretrained(run_dir)
     with torch.no_grad():
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).numpy()
-    per_exit = predictions_from_logits(info.task, logits)
+    per_exit = predictions_from_logits(run_task(info), logits)
     rows = []
     for i, text in enumerate(texts):
         final = logits[i, -1]
