@@ -30,7 +30,8 @@ from .schemas import ClassifyRequest, HandoffMeta
 #: LayerNorm'd encoder hands on stay small (a LayerNorm output is bounded by max|gamma| * sqrt(hidden) +
 #: max|beta|): measured over every layer on a few hundred texts, at most 3.6 for the tests' tiny random-init
 #: BERT and 10.5 for all-MiniLM-L6-v2 (runs/bench-sst2, runs/mrpc); a simulated link at -20 dB SNR adds noise of
-#: ten times their RMS. 1e4 leaves three orders of magnitude above that and fifteen below float32 overflow.
+#: ten times their RMS. 1e4 leaves three orders of magnitude above that, and fifteen below where the forward
+#: pass overflows (about 1e19).
 MAX_HIDDEN_ABS = 1e4
 #: Largest |logit| a tier accepts among the prior exits' logits of X-DIMEE-Meta (exit heads on LayerNorm'd
 #: states give logits of a few units to a few tens).

@@ -141,8 +141,10 @@ def test_a_tier_stops_itself_when_its_parent_is_killed(run_dir, tmp_path):
     parent_code = (
         "import os, subprocess, sys, time\n"
         f"log = open({str(child_log)!r}, 'wb')\n"
-        f"cmd = [sys.executable, '-m', 'services', '--tier', 'cloud', '--run-dir', {str(run_dir)!r}, '--port', '{port}']\n"
-        "env = {**os.environ, 'DIMEE_HANDOFF_TOKEN': 'signals-test-token-0123456789', 'DIMEE_PARENT_PID': str(os.getpid())}\n"
+        f"cmd = [sys.executable, '-m', 'services', '--tier', 'cloud', '--run-dir', {str(run_dir)!r}]\n"
+        f"cmd += ['--port', '{port}']\n"
+        "env = {**os.environ, 'DIMEE_HANDOFF_TOKEN': 'signals-test-token-0123456789'}\n"
+        "env['DIMEE_PARENT_PID'] = str(os.getpid())\n"
         "child = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(600)\n"
