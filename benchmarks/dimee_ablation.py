@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": grouped.size().to_numpy(),
         "cal_gain > 0": grouped["cal_gain"].apply(lambda v: int((v > 1e-9).sum())).to_numpy(),
         "val_gain > 0": grouped["val_gain"].apply(lambda v: int((v > 1e-9).sum())).to_numpy(),
-        "ahead of threshold (val)": grouped["val_vs_threshold"].apply(lambda v: int((v >= -1e-9).sum())).to_numpy(),
+        "at or above threshold (val)": grouped["val_vs_threshold"].apply(lambda v: int((v >= -1e-9).sum())).to_numpy(),
         "mean cal_gain": grouped["cal_gain"].mean().round(3).to_numpy(),
         "mean val_gain": grouped["val_gain"].mean().round(3).to_numpy(),
     })

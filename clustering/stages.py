@@ -132,8 +132,9 @@ class _Clustering:
         return cls(mean, scale, centers, labels)
 
     def stage(self, exits: np.ndarray) -> RoutingStage:
+        """A fitted stage with its own copies (a caller may change a stage; the cache must not change)."""
         sizes = np.bincount(self.labels, minlength=self.centers.shape[0])
-        return RoutingStage(self.mean, self.scale, self.centers, exits, sizes)
+        return RoutingStage(self.mean.copy(), self.scale.copy(), self.centers.copy(), exits, sizes)
 
 
 @dataclass
@@ -190,12 +191,15 @@ def cluster_bank(x: np.ndarray, n_folds: int, n_init: int, random_state: int) ->
     """The cached :class:`ClusterBank` of `x` (keyed by its bytes and the k-means settings; least recently
     used banks are dropped beyond 32)."""
     arr = np.ascontiguousarray(x)
-    digest = hashlib.sha1(arr.tobytes()).hexdigest()
+    digest = hashlib.sha1(memoryview(arr).cast("B")).hexdigest()
     key = (digest, arr.shape, arr.dtype.str, int(n_folds), int(n_init), int(random_state))
-    if key in _BANKS:
+    bank = _BANKS.get(key)
+    if bank is not None:
         _BANKS.move_to_end(key)
-        return _BANKS[key]
-    bank = ClusterBank(arr, int(n_folds), int(n_init), int(random_state))
+        return bank
+    own = np.array(arr, order="C", copy=True)  # the caller may change its array later; the bank's must not
+    own.setflags(write=False)
+    bank = ClusterBank(own, int(n_folds), int(n_init), int(random_state))
     _BANKS[key] = bank
     while len(_BANKS) > _MAX_BANKS:
         _BANKS.popitem(last=False)
@@ -216,14 +220,18 @@ def fit_cluster_stage(
     n_init: int,
     random_state: int,
     k_tolerance: float = 0.0,
+    strict: bool = True,
 ) -> tuple[RoutingStage, int, dict[int, float]]:
     """k-means routing with k chosen by cross-validated held-out reward: the smallest k whose mean held-out
     reward is within `k_tolerance` of the best (parsimony: fewer, larger clusters generalise better). Returns
     the stage fitted on all of `x`, the chosen k and the held-out reward of every k tried. Too few samples
-    for the folds -> one cluster. The clusterings come from :func:`cluster_bank`."""
+    for the folds -> one cluster. With `strict`, a split large enough for folds but too small for every k of
+    `k_grid` is a PolicyError naming the fix; without it (sub-populations whose size depends on mu: the edge
+    stage, the cascade's "reached") it also falls back to one cluster. The clusterings come from
+    :func:`cluster_bank`."""
     bank = cluster_bank(x, n_folds, n_init, random_state)
     feasible = bank.feasible_k(k_grid)
-    if bank.splits and not feasible:
+    if strict and bank.splits and not feasible:
         n = x.shape[0]
         raise PolicyError(
             f"{n} fit samples cannot hold k in {sorted(int(k) for k in k_grid)} clusters under {n_folds}-fold "

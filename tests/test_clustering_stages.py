@@ -82,3 +82,26 @@ def test_a_calibration_split_too_small_for_the_requested_k_names_the_fix(data):
         DimeePolicy(PLAN, mu=0.1, k_grid=(12,)).fit(data.logits[few], data.labels[few])
     # a grid with some k that fit is fine: the others are skipped
     assert DimeePolicy(PLAN, mu=0.1, k_grid=(2, 12)).fit(data.logits[few], data.labels[few]).n_clusters_ == 2
+
+
+def test_the_cache_owns_its_data_and_stages_own_theirs(data):
+    clear_cluster_cache()
+    emb = data.embeddings.copy()
+    first = DimeePolicy(PLAN, mu=0.05, k_grid=(2, 3), feature="embedding").fit(data.logits, data.labels, features=emb)
+    emb[:] = 0.0  # the caller changes its array in place after the fit
+    first.stage1_.centers[:] = 99.0  # and a fitted stage is changed in place
+    again = DimeePolicy(PLAN, mu=0.05, k_grid=(2, 3), feature="embedding").fit(
+        data.logits, data.labels, features=data.embeddings
+    )
+    clear_cluster_cache()
+    cold = DimeePolicy(PLAN, mu=0.05, k_grid=(2, 3), feature="embedding").fit(
+        data.logits, data.labels, features=data.embeddings
+    )
+    assert again.to_dict() == cold.to_dict()
+
+
+def test_a_mu_dependent_sub_population_falls_back_instead_of_refusing(data):
+    rows = np.random.default_rng(0).permutation(150)[:40]
+    policy = DimeePolicy(PLAN, mu=0.8, k_grid=(12,), edge_stage=True)
+    policy.fit(data.logits[rows], data.labels[rows])  # stage 1 sends 12 on: too few for k = 12 in 3 folds
+    assert policy.n_clusters_ == 12 and policy.edge_n_clusters_ == 1

@@ -41,7 +41,7 @@ def board(task: str, column: str):
 
 QUOTES = [
     ("in validation Pareto area on {} of {} tasks", [
-        ("glue_scoreboard.json", lambda d: sum(bool(r["dimee_ahead"]) for r in d["summary"])),
+        ("glue_scoreboard.json", lambda d: sum(bool(r["dimee_at_or_above"]) for r in d["summary"])),
         ("glue_scoreboard.json", lambda d: len(d["summary"]))], 0),
     ("MRPC (dimee-entry {} vs threshold {} points)", [board("mrpc", "DIMEE val_area"), board("mrpc", "baseline val_area")], "raw"),
     ("RTE (dimee-paper {} vs {})", [board("rte", "DIMEE val_area"), board("rte", "baseline val_area")], "raw"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -25,9 +26,11 @@ def test_dominated_points_and_falling_back_on_the_trivial_ones():
     assert scores["area"] == pytest.approx(0.75 * -10 + 0.25 * 1.0, abs=0.02)
 
 
-def test_budget_outside_the_range_names_the_fix():
-    with pytest.raises(ValueError, match="choose budgets in it"):
-        curve_scores([0.6], [-2.0], TRIVIAL, budgets=(0.1,))
+def test_budget_outside_the_range_is_empty_in_the_table_and_an_error_when_asked_directly():
+    scores = curve_scores([0.6], [-2.0], TRIVIAL, budgets=(0.1, 0.7))
+    assert np.isnan(scores["gap@0.1"]) and scores["gap@0.7"] == -2.0
+    deep = curve_scores([1.2], [-1.0], [(1.1, -5.0), (1.0, 0.0)], budgets=(0.5,))  # all-mobile dearer than 1: no range
+    assert np.isnan(deep["area"]) and np.isnan(deep["gap@0.5"])
     with pytest.raises(ValueError, match="choose budgets >= 0.6000"):
         front_at([0.6, 0.9], [-2.0, -1.0], [0.5])
 
@@ -49,7 +52,7 @@ def test_the_choice_is_made_on_calibration_and_scored_on_validation():
     row = summary.iloc[0]
     assert row["DIMEE (chosen on calibration)"] == "dimee-a"  # not dimee-b, which validation favours
     assert row["baseline (chosen on calibration)"] == "threshold"
-    assert row["dimee_ahead"] == False  # noqa: E712 (dimee-a: -5 on validation vs threshold -3)
+    assert row["dimee_at_or_above"] == False  # noqa: E712 (dimee-a: -5 on validation vs threshold -3)
     a = per_policy.set_index("policy").loc["dimee-a"]
     assert a["val_area"] == pytest.approx(0.25 * -10 + 0.75 * -5, abs=0.02)
     assert a["cal_area"] == pytest.approx(0.25 * -10 + 0.75 * -1, abs=0.02)
