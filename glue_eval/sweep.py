@@ -110,7 +110,10 @@ class PolicySpec:
 
     @property
     def takes_temperatures(self) -> bool:
-        """Whether `build` accepts ``temperatures=`` (the run's ``temperatures.json`` is then passed to it)."""
+        """Whether `build` accepts ``temperatures=`` (the run's ``temperatures.json`` is then passed to it); a
+        factory that binds its own temperatures (``partial(..., temperatures=...)``) keeps them."""
+        if isinstance(self.build, partial) and "temperatures" in self.build.keywords:
+            return False
         try:
             return "temperatures" in inspect.signature(self.build).parameters
         except (TypeError, ValueError):

@@ -341,3 +341,12 @@ def test_fast_paths_equal_refitting_with_temperatures(run, tmp_path):
     exact = sweep(calibrated, "threshold,entropy", grid, progress=False, exact=True)
     pd.testing.assert_frame_equal(fast, exact, check_exact=False, rtol=1e-12, atol=1e-12)
     assert fast["calibrated"].all()
+
+
+def test_a_factory_that_binds_its_temperatures_keeps_them(run, tmp_path):
+    calibrated = _calibrated_copy(run, tmp_path / "cal", [4.0, 3.0, 2.0, 1.5, 1.2, 1.0])
+    raw = ("raw-threshold", partial(ThresholdPolicy, criterion="confidence", temperatures=None))
+    table = sweep(calibrated, [raw, "threshold"], {"threshold": [0.8]}, progress=False).set_index("policy")
+    assert not bool(table.loc["raw-threshold", "calibrated"]) and bool(table.loc["threshold", "calibrated"])
+    plain = sweep(run, "threshold", {"threshold": [0.8]}, progress=False).set_index("policy")
+    assert table.loc["raw-threshold", "share_mobile"] == plain.loc["threshold", "share_mobile"]
