@@ -49,7 +49,7 @@ from clustering import DimeePolicy, ExitPolicy, ThresholdPolicy, evaluate_policy
 from clustering.profiles import confidence
 from glue_eval.calibration import fit_run_temperatures, plot_reliability, run_calibration_report
 from glue_eval.metrics import compute_glue_metrics, predictions_from_logits, primary_metric
-from glue_eval.report import MU_GRID, Tunable, choose_knob
+from glue_eval.report import Tunable, choose_knob
 from tiers import CONTINUE, HANDOFF_CLOUD, CachedSplit, CostModel, TierPlan, read_cached_split, read_run_info
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +59,9 @@ DIMEE_MUS_A = (0.05, 0.1, 0.2)
 SWEEP_THRESHOLDS = tuple(
     np.unique(np.round(np.concatenate([np.linspace(0.5, 0.99, 50), 1.0 - np.logspace(-2, -4, 9)]), 6))
 )
+# Pinned to what produced results/calibration.md (the report's grid and DIMEE's profile default have since changed)
+MU_GRID = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
+DIMEE_PROFILE = ("confidence",)
 SWEEP_MUS = tuple(sorted({0.001, *MU_GRID, 0.75, 1.0}))
 COSTS_AT = (0.4, 0.6, 0.8, 1.0)
 MAX_DROPS = (0.003, 0.01)
@@ -96,7 +99,7 @@ def builders(plan: TierPlan, cost: CostModel, temps: np.ndarray | None) -> dict[
     return {
         "threshold": lambda t: ThresholdPolicy(plan, cost, temperatures=t_list, criterion="confidence", threshold=float(t)),
         "threshold-m": lambda t: MobileThresholdRule(plan, cost, t_list, threshold=float(t)),
-        "dimee": lambda mu: DimeePolicy(plan, cost, temperatures=t_list, mu=float(mu)),
+        "dimee": lambda mu: DimeePolicy(plan, cost, temperatures=t_list, mu=float(mu), profile_features=DIMEE_PROFILE),
     }
 
 
