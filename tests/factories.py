@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import torch
@@ -59,3 +60,17 @@ def add_perturbed_experts(folder: Path, types: list[str], exits: list[int], seed
             p.add_(0.5 * torch.randn(p.shape, generator=gen))
     save_experts(folder, experts)
     return experts.eval()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Base of the fake next tiers the service tests start: JSON replies, no request log."""
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep test output quiet
+        pass

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from services import Answer, HandoffMeta, HandoffResponse, Prediction, TierSettings, create_app
-from tests.factories import tiny_run_folder
+from tests.factories import JsonHandler, tiny_run_folder
 from tiers import CONTENT_TYPE, encode_handoff
 
 TOKEN = "hardening-token-0123456789"
@@ -357,7 +357,7 @@ def test_openapi_handoff_headers_say_what_the_server_accepts(receivers):
 
 
 # ---- 5. degraded answers carry a documented reason code, never an exception's text ---------------------------
-class _FailingNextTier(BaseHTTPRequestHandler):
+class _FailingNextTier(JsonHandler):
     """A next tier whose /healthz answers and whose handoffs fail with a revealing message."""
 
     def do_GET(self):  # noqa: N802
@@ -366,16 +366,6 @@ class _FailingNextTier(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self._reply(500, b'{"detail": "internal error (KeyError): secret-detail at /srv/model.py:12"}')
-
-    def _reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 @contextmanager

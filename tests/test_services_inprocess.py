@@ -8,7 +8,7 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from services import HandoffMeta, MicroBatcher, PolicyLoadError, ThresholdPolicy
 from services.batching import chunked
 from services.engine import TierEngine, TokenSample
 from services.policy import load_policy, read_temperatures, softmax
-from tests.factories import tiny_run_folder
+from tests.factories import JsonHandler, tiny_run_folder
 from tiers import CONTENT_TYPE, EarlyExitModel, TierPlan, encode_handoff
 
 TOKEN = "test-token-0123456789abcdef"
@@ -259,7 +259,7 @@ def test_settings_from_environment(run_dir, monkeypatch):
 
 
 # ---- deadlines and failing next tiers ----------------------------------------------------------------------
-class _FakeNextTier(BaseHTTPRequestHandler):
+class _FakeNextTier(JsonHandler):
     """A next tier that hangs ('hang') or fails ('error'); /healthz always answers."""
 
     mode = "hang"
@@ -274,16 +274,6 @@ class _FakeNextTier(BaseHTTPRequestHandler):
             self.release.wait(10)
             return
         self._reply(500, b'{"detail": "boom"}')
-
-    def _reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
 
 
 @pytest.fixture
