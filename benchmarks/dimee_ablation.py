@@ -32,8 +32,9 @@ from tiers import read_run_info  # noqa: E402
 
 RUNS = ("mrpc", "rte", "sst2-4k", "stsb", "wnli")
 CONFIDENCE = ("confidence",)
+WITH_AGREEMENT = ("confidence", "entropy", "margin", "agreement")
 # (name, base variant, DimeePolicy keywords): each row changes one thing of its base (the defaults: profile
-# features confidence, entropy and margin; k 2..12, tolerance 0.002, 3 folds, every route)
+# features confidence, entropy and margin; k 2..12, tolerance 0.002, 3 folds, every route, no shrinkage)
 VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("dimee", "", {}),
     ("dimee confidence only", "dimee", {"profile_features": CONFIDENCE}),
@@ -41,6 +42,8 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("dimee k_tolerance=0.01", "dimee", {"k_tolerance": 0.01}),
     ("dimee 5 folds", "dimee", {"n_folds": 5}),
     ("dimee chain routes", "dimee", {"routes": "chain"}),
+    ("dimee +agreement", "dimee", {"profile_features": WITH_AGREEMENT}),
+    ("dimee shrinkage=10", "dimee", {"shrinkage": 10.0}),
     ("cascade", "", {"decision_exits": "all"}),
     ("cascade confidence only", "cascade", {"decision_exits": "all", "profile_features": CONFIDENCE}),
     ("cascade k<=4", "cascade", {"decision_exits": "all", "k_grid": (1, 2, 3, 4)}),
@@ -48,8 +51,12 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("cascade 5 folds", "cascade", {"decision_exits": "all", "n_folds": 5}),
     ("cascade tier ends", "cascade", {"decision_exits": "tier_ends"}),
     ("cascade reached", "cascade", {"decision_exits": "all", "cascade_population": "reached"}),
+    ("cascade +agreement", "cascade", {"decision_exits": "all", "profile_features": WITH_AGREEMENT}),
+    ("cascade shrinkage=10", "cascade", {"decision_exits": "all", "shrinkage": 10.0}),
     ("entry+cascade", "cascade", {"decision_exits": "all", "entry": "embedding"}),
     ("entry+cascade 5 folds", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "n_folds": 5}),
+    ("entry+cascade +agreement", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "profile_features": WITH_AGREEMENT}),
+    ("entry+cascade shrinkage=10", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "shrinkage": 10.0}),
     ("paper (embedding pools)", "", {"feature": "embedding", "assignment": "pools"}),
 )
 

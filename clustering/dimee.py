@@ -13,7 +13,9 @@ Fitting (on a held-out split):
 2. Each fit sample's reward at candidate exit j: ``correct_j - mu * normalised_cost_j`` (cost model §4).
 3. ``assignment="clusters"`` (default): k-means for each k in ``k_grid``; k is the smallest whose held-out
    reward in ``n_folds``-fold cross-validation on the fit data is within ``k_tolerance`` of the best; then k-means
-   on all fit data, and each cluster gets the candidate exit with the highest mean reward on its samples.
+   on all fit data, and each cluster gets the candidate exit with the highest mean reward on its samples
+   (``shrinkage`` s > 0: the mean is pulled towards all samples' mean, ``(sum + s * overall) / (n + s)``, so
+   a small cluster answers differently from the population only on a clear margin).
    ``assignment="pools"`` (the paper's rule): each fit sample is labelled with a tier, by the cheapest exit
    that is right (``pool_rule="oracle"``) or where a confidence-threshold rule exits it
    (``pool_rule="threshold"``, threshold chosen with ``max_drop``); a pool's centre is the mean of its
@@ -67,7 +69,7 @@ from .baselines import ThresholdPolicy
 from .errors import PolicyError
 from .profiles import REGRESSION_TOLERANCE, exit_profile, per_exit_correct
 from .routing import chain_actions, follow_targets, path_table
-from .stages import RoutingStage, cheapest_correct_candidates, fit_cluster_stage, fit_pool_stage
+from .stages import ClusterSettings, RoutingStage, cheapest_correct_candidates, fit_cluster_stage, fit_pool_stage
 
 ASSIGNMENTS: tuple[str, ...] = ("clusters", "pools")
 POOL_RULES: tuple[str, ...] = ("oracle", "threshold")
@@ -120,6 +122,7 @@ class DimeePolicy(ExitPolicy):
         cascade_population: str = "all",
         routes: str = "all",
         entry: str | None = None,
+        shrinkage: float = 0.0,
     ):
         self.plan = plan
         self.cost_model = cost_model
@@ -142,8 +145,19 @@ class DimeePolicy(ExitPolicy):
         self.cascade_population = cascade_population
         self.routes = routes
         self.entry = entry
+        self.shrinkage = shrinkage
 
     # ---- candidates and features ------------------------------------------------------------------
+    def _cluster_settings(self) -> ClusterSettings:
+        return ClusterSettings(
+            tuple(int(k) for k in self.k_grid),
+            int(self.n_folds),
+            int(self.n_init),
+            int(self.random_state),
+            float(self.k_tolerance),
+            float(self.shrinkage),
+        )
+
     def _validate_params(self) -> None:
         for name, value, allowed in (
             ("feature", self.feature, FEATURE_KINDS),
@@ -163,6 +177,8 @@ class DimeePolicy(ExitPolicy):
             raise PolicyError(f"n_folds must be >= 2, got {self.n_folds}")
         if not np.isfinite(self.k_tolerance) or self.k_tolerance < 0:
             raise PolicyError(f"k_tolerance must be finite and >= 0, got {self.k_tolerance}")
+        if not np.isfinite(self.shrinkage) or self.shrinkage < 0:
+            raise PolicyError(f"shrinkage must be finite and >= 0, got {self.shrinkage}")
         if int(self.n_init) < 1:
             raise PolicyError(f"n_init must be >= 1, got {self.n_init}")
         if self.entry is not None and self.decision_exits is None:
@@ -341,11 +357,7 @@ class DimeePolicy(ExitPolicy):
                     feats[j][rows],
                     rewards[rows],
                     np.array([j, CONTINUE], dtype=np.int64),
-                    self.k_grid,
-                    int(self.n_folds),
-                    int(self.n_init),
-                    int(self.random_state),
-                    float(self.k_tolerance),
+                    self._cluster_settings(),
                     strict=bool(rows.all()),  # a "reached" subset's size depends on mu: fall back, never refuse
                 )
                 answers = fitted[j][0].targets(feats[j]) == j
@@ -409,11 +421,7 @@ class DimeePolicy(ExitPolicy):
             features,
             rewards[:, usable],
             tiers_.astype(np.int64),
-            self.k_grid,
-            int(self.n_folds),
-            int(self.n_init),
-            int(self.random_state),
-            float(self.k_tolerance),
+            self._cluster_settings(),
         )
 
     def _fit_stage(
@@ -432,11 +440,7 @@ class DimeePolicy(ExitPolicy):
                 x,
                 rewards,
                 index,
-                self.k_grid,
-                int(self.n_folds),
-                int(self.n_init),
-                int(self.random_state),
-                float(self.k_tolerance),
+                self._cluster_settings(),
                 strict=strict,
             )
         else:

@@ -13,7 +13,12 @@ Regression analogues (documented choice, used by every policy):
   temperature, 1 by default). Exit 1 has no previous exit and gets confidence 0 ("no evidence yet"), so a
   threshold rule never answers a regression sample at exit 1. Confidence at exit i reads exits i-1 and i
   only, so a profile over exits 1..k stays causal.
-* entropy analogue: ``1 - confidence``; margin analogue: ``confidence``.
+* entropy analogue: ``1 - confidence``; margin analogue: ``confidence``; agreement: ``confidence`` (it is
+  already the agreement of consecutive exits).
+
+Agreement (classification): the probability exit i gives to the class exit i-1 predicts, so it is high where
+consecutive exits agree with confidence and low where exit i turns away from exit i-1; exit 1 has no previous
+exit and gets 0, like a regression confidence.
 """
 
 from __future__ import annotations
@@ -163,11 +168,23 @@ def margin(logits: np.ndarray, temperatures: Sequence[float] | np.ndarray | None
     return p[:, :, -1] - p[:, :, -2]
 
 
-_SCORES = {"confidence": confidence, "entropy": entropy, "margin": margin}
+def agreement(logits: np.ndarray, temperatures: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """Probability at exit i of exit i-1's predicted class, [n, exits] (0 at exit 1); regression: confidence."""
+    arr = as_logits(logits)
+    if is_regression(arr):
+        return confidence(arr, temperatures)
+    p = softmax(arr, temperatures)
+    out = np.zeros(arr.shape[:2])
+    previous = arr[:, :-1].argmax(axis=2)
+    out[:, 1:] = np.take_along_axis(p[:, 1:], previous[:, :, None], axis=2)[:, :, 0]
+    return out
+
+
+_SCORES = {"confidence": confidence, "entropy": entropy, "margin": margin, "agreement": agreement}
 
 
 def exit_scores(logits: np.ndarray, kind: str, temperatures: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
-    """One of 'confidence', 'entropy', 'margin' per exit, [n, exits]."""
+    """One of 'confidence', 'entropy', 'margin', 'agreement' per exit, [n, exits]."""
     if kind not in _SCORES:
         raise PolicyError(f"unknown profile feature {kind!r}; expected one of {', '.join(_SCORES)}")
     return _SCORES[kind](logits, temperatures)

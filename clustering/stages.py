@@ -32,6 +32,20 @@ from threadpoolctl import threadpool_limits
 
 from .errors import PolicyError
 
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How a cluster stage is fitted: the k grid, the cross-validation folds, the k-means restarts and seed,
+    the tolerance of the k choice and the shrinkage of a cluster's rewards (:func:`fit_cluster_stage`)."""
+
+    k_grid: tuple[int, ...]
+    n_folds: int = 3
+    n_init: int = 4
+    random_state: int = 0
+    k_tolerance: float = 0.0
+    shrinkage: float = 0.0
+
+
 @dataclass
 class RoutingStage:
     """Standardise, find the nearest centre, answer at that centre's exit. Plain arrays, so it serialises."""
@@ -94,15 +108,22 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
 
 
-def _best_candidate_per_group(groups: np.ndarray, n_groups: int, rewards: np.ndarray) -> np.ndarray:
+def _best_candidate_per_group(
+    groups: np.ndarray, n_groups: int, rewards: np.ndarray, shrinkage: float = 0.0
+) -> np.ndarray:
     """Per group: index of the candidate (column of `rewards` [n, J]) with the highest mean reward; ties ->
-    the first (cheapest) column; empty groups -> the best column overall."""
+    the first (cheapest) column; empty groups -> the best column overall.
+
+    `shrinkage` is a pseudo-count: a group's mean reward is pulled towards the mean over all rows,
+    ``(sum + s * overall) / (count + s)``, so a small cluster needs a clear margin before it answers
+    differently from the whole population (s = 0: plain means)."""
     onehot = np.zeros((n_groups, rewards.shape[0]))
     onehot[groups, np.arange(rewards.shape[0])] = 1.0
     counts = onehot.sum(axis=1)
     sums = onehot @ rewards
     overall = rewards.mean(axis=0)
-    means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], overall[None, :])
+    pulled = (sums + shrinkage * overall[None, :]) / np.maximum(counts + shrinkage, 1e-300)[:, None]
+    means = np.where(counts[:, None] > 0, pulled, overall[None, :])
     return np.argmax(np.round(means, 12), axis=1)
 
 
@@ -215,21 +236,18 @@ def fit_cluster_stage(
     x: np.ndarray,
     rewards: np.ndarray,
     candidates: np.ndarray,
-    k_grid: Sequence[int],
-    n_folds: int,
-    n_init: int,
-    random_state: int,
-    k_tolerance: float = 0.0,
+    settings: ClusterSettings,
     strict: bool = True,
 ) -> tuple[RoutingStage, int, dict[int, float]]:
     """k-means routing with k chosen by cross-validated held-out reward: the smallest k whose mean held-out
-    reward is within `k_tolerance` of the best (parsimony: fewer, larger clusters generalise better). Returns
-    the stage fitted on all of `x`, the chosen k and the held-out reward of every k tried. Too few samples
-    for the folds -> one cluster. With `strict`, a split large enough for folds but too small for every k of
-    `k_grid` is a PolicyError naming the fix; without it (sub-populations whose size depends on mu: the edge
-    stage, the cascade's "reached") it also falls back to one cluster. The clusterings come from
-    :func:`cluster_bank`."""
-    bank = cluster_bank(x, n_folds, n_init, random_state)
+    reward is within ``settings.k_tolerance`` of the best (parsimony: fewer, larger clusters generalise
+    better); each cluster answers with its best candidate by (shrunk) mean reward. Returns the stage fitted
+    on all of `x`, the chosen k and the held-out reward of every k tried. Too few samples for the folds ->
+    one cluster. With `strict`, a split large enough for folds but too small for every k of the grid is a
+    PolicyError naming the fix; without it (sub-populations whose size depends on mu: the edge stage, the
+    cascade's "reached") it also falls back to one cluster. The clusterings come from :func:`cluster_bank`."""
+    k_grid, n_folds, shrink = settings.k_grid, settings.n_folds, float(settings.shrinkage)
+    bank = cluster_bank(x, n_folds, settings.n_init, settings.random_state)
     feasible = bank.feasible_k(k_grid)
     if strict and bank.splits and not feasible:
         n = x.shape[0]
@@ -242,15 +260,15 @@ def fit_cluster_stage(
     for k in feasible:
         held_out = []
         for (train, test), (clustering, assigned) in zip(bank.splits, bank.folds(k)):
-            choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards[train])
+            choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards[train], shrink)
             held_out.append(rewards[test, choice[assigned]].mean())
         cv[k] = float(np.mean(held_out))
     best_k = 1
     if cv:
         best = max(cv.values())
-        best_k = min(k for k in cv if cv[k] >= best - k_tolerance - 1e-12)
+        best_k = min(k for k in cv if cv[k] >= best - settings.k_tolerance - 1e-12)
     clustering = bank.full(best_k)
-    choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards)
+    choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards, shrink)
     return clustering.stage(candidates[choice]), best_k, cv
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from clustering import (
     CalibrationError,
+    exit_scores,
     PolicyError,
     confidence,
     entropy,
@@ -99,3 +100,11 @@ def test_bad_labels_and_temperatures():
         with pytest.raises(CalibrationError):
             confidence(logits, temperatures=temps)
     assert issubclass(CalibrationError, PolicyError) and issubclass(PolicyError, ValueError)
+
+
+def test_agreement_is_the_probability_of_the_previous_exits_class():
+    logits = two_exit_logits()  # both samples: exit 1 predicts class 0 (a tie -> the first class)
+    np.testing.assert_allclose(exit_scores(logits, "agreement"), [[0.0, 0.75], [0.0, 0.25]])
+    assert exit_profile(logits, features=("confidence", "agreement")).shape == (2, 4)
+    values = np.array([[[1.0], [1.5], [1.5]]])  # regression: agreement is the confidence
+    np.testing.assert_allclose(exit_scores(values, "agreement"), exit_scores(values, "confidence"))

@@ -8,7 +8,7 @@ import pytest
 
 from clustering import DimeePolicy, Group, clear_cluster_cache, make_exit_logits
 from clustering import stages
-from clustering.stages import fit_cluster_stage
+from clustering.stages import ClusterSettings, fit_cluster_stage
 from tiers import CostModel, TierPlan
 
 PLAN = TierPlan(2, 4, 6)
@@ -66,7 +66,7 @@ def test_choice_per_cluster_by_hand():
     correct[:30, 0] = 1.0
     correct[:, 1] = 1.0
     rewards = correct - np.array([0.0, 0.3])[None, :]  # blob A: 1 vs 0.7 -> 0; blob B: 0 vs 0.7 -> 1
-    stage, k, cv = fit_cluster_stage(x, rewards, np.array([7, 9]), (1, 2, 3), 3, 2, 0, k_tolerance=0.0)
+    stage, k, cv = fit_cluster_stage(x, rewards, np.array([7, 9]), ClusterSettings((1, 2, 3), 3, 2, 0, k_tolerance=0.0))
     assert k == 2  # one cluster can only pick candidate 1 everywhere: 0.7 < 0.85
     assert cv[1] == pytest.approx(0.7) and cv[2] == pytest.approx(0.85)
     assigned = stage.targets(x)
@@ -105,3 +105,29 @@ def test_a_mu_dependent_sub_population_falls_back_instead_of_refusing(data):
     policy = DimeePolicy(PLAN, mu=0.8, k_grid=(12,), edge_stage=True)
     policy.fit(data.logits[rows], data.labels[rows])  # stage 1 sends 12 on: too few for k = 12 in 3 folds
     assert policy.n_clusters_ == 12 and policy.edge_n_clusters_ == 1
+
+
+def test_shrinkage_keeps_a_small_cluster_with_the_population_unless_its_margin_is_clear():
+    """A 3-sample cluster whose candidate 0 looks better by 0.2 on average; the 60 others prefer candidate 1.
+    Plain means let the small cluster answer with 0; a pseudo-count of 10 pulls it to the population's 1."""
+    groups = np.array([0] * 60 + [1] * 3)
+    rewards = np.zeros((63, 2))
+    rewards[:60, 1] = 1.0  # population: candidate 1 right, candidate 0 wrong
+    rewards[60:, 0] = [1.0, 1.0, 0.0]  # small cluster: 0.67 vs 0.47 for candidate 1
+    rewards[60:, 1] = [0.4, 0.4, 0.6]
+    plain = stages._best_candidate_per_group(groups, 2, rewards)
+    shrunk = stages._best_candidate_per_group(groups, 2, rewards, shrinkage=10.0)
+    assert plain.tolist() == [1, 0]
+    # by hand: overall means 2/63 and 61.4/63; cluster 1: (2 + 10 * 2/63) / 13 = 0.18 vs (1.4 + 10 * 61.4/63) / 13 = 0.86
+    assert shrunk.tolist() == [1, 1]
+
+
+def test_shrinkage_is_a_validated_parameter_that_round_trips(data):
+    from clustering import ExitPolicy, PolicyError
+
+    with pytest.raises(PolicyError, match="shrinkage must be finite and >= 0"):
+        DimeePolicy(PLAN, mu=0.1, shrinkage=-1.0).fit(data.logits, data.labels)
+    policy = DimeePolicy(PLAN, mu=0.1, k_grid=(2, 3), shrinkage=5.0).fit(data.logits, data.labels)
+    again = ExitPolicy.from_dict(policy.to_dict())
+    assert again.shrinkage == 5.0
+    assert (again.predict(data.logits) == policy.predict(data.logits)).all()
