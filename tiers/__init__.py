@@ -1,132 +1,123 @@
-"""Bottom layer: the early-exit model, tier plan and slicing, the hidden-state codec, the cost model."""
+"""Bottom layer: the early-exit model, tier plan and slicing, the hidden-state codec, the cost model.
 
-from .channel import Channel, ChannelError, TransmissionOutcome, add_awgn, measured_snr_db, signal_power
-from .codec import (
-    CONTENT_TYPE,
-    ENCODINGS,
-    TOKENS_CONTENT_TYPE,
-    Handoff,
-    HandoffFormatError,
-    TokenBatch,
-    decode_handoff,
-    decode_tokens,
-    encode_handoff,
-    encode_tokens,
-    hop_payload_size,
-    payload_size,
-    token_payload_size,
-)
-from .cost import HOPS, CostModel, CostModelError
-from .routes import (
-    CONTINUE,
-    HANDOFF_CLOUD,
-    HANDOFF_EDGE,
-    Path,
-    RouteError,
-    Stop,
-    chain_path,
-    check_actions,
-    enumerate_paths,
-    exit_span,
-    final_tier_index,
-    handoff_action,
-    handoff_target,
-    path_label,
-    path_stops,
-    reference_path,
-    run_segment,
-)
-from .model import (
-    OFFLINE_ENCODER,
-    CheckpointError,
-    EarlyExitModel,
-    ExitConfig,
-    ExitHead,
-    read_exit_config,
-    resolve_encoder,
-)
-from .plan import TIERS, TierPlan, TierPlanError, default_plan
-from .run import (
-    CachedSplit,
-    RunInfo,
-    cached_splits,
-    read_cached_split,
-    read_run_info,
-    write_cached_split,
-    write_run_info,
-)
-from .text import TextInputError, tokenize_for_inference
-from .slicing import TierOutput, TierPart, load_tier_part, run_three_tiers, slice_model
-from .segment import RoutedAnswer, SegmentInput, SegmentResult, run_routed, run_tier_segment
+Names are imported on first use (PEP 562), so that `import tiers.codec` (or `from tiers import encode_hidden_message`)
+does not load torch: a client without torch (the ONNX mobile client) encodes handoffs with the same codec.
+"""
 
-__all__ = [
-    "RoutedAnswer",
-    "SegmentInput",
-    "SegmentResult",
-    "run_routed",
-    "run_tier_segment",
-    "TOKENS_CONTENT_TYPE",
-    "TokenBatch",
-    "decode_tokens",
-    "encode_tokens",
-    "hop_payload_size",
-    "token_payload_size",
-    "HOPS",
-    "CONTINUE",
-    "HANDOFF_CLOUD",
-    "HANDOFF_EDGE",
-    "Path",
-    "RouteError",
-    "Stop",
-    "chain_path",
-    "check_actions",
-    "enumerate_paths",
-    "exit_span",
-    "final_tier_index",
-    "handoff_action",
-    "handoff_target",
-    "path_label",
-    "path_stops",
-    "reference_path",
-    "run_segment",
-    "Channel",
-    "ChannelError",
-    "TransmissionOutcome",
-    "add_awgn",
-    "measured_snr_db",
-    "signal_power",
-    "TextInputError",
-    "tokenize_for_inference",
-    "OFFLINE_ENCODER",
-    "resolve_encoder",
-    "CachedSplit",
-    "RunInfo",
-    "cached_splits",
-    "read_cached_split",
-    "read_run_info",
-    "write_cached_split",
-    "write_run_info",
-    "CONTENT_TYPE",
-    "ENCODINGS",
-    "TIERS",
-    "CheckpointError",
-    "CostModel",
-    "CostModelError",
-    "EarlyExitModel",
-    "ExitConfig",
-    "ExitHead",
-    "Handoff",
-    "HandoffFormatError",
-    "TierOutput",
-    "TierPart",
-    "TierPlan",
-    "TierPlanError",
-    "decode_handoff",
-    "default_plan",
-    "encode_handoff",
-    "load_tier_part",
-    "payload_size",
-    "read_exit_config",
-    "run_three_tiers",
-    "slice_model",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "Channel": "channel",
+    "ChannelError": "channel",
+    "TransmissionOutcome": "channel",
+    "add_awgn": "channel",
+    "measured_snr_db": "channel",
+    "signal_power": "channel",
+    "CONTENT_TYPE": "codec",
+    "ENCODINGS": "codec",
+    "Handoff": "codec",
+    "HandoffFormatError": "codec",
+    "HandoffMeta": "codec",
+    "TOKENS_CONTENT_TYPE": "codec",
+    "TokenBatch": "codec",
+    "decode_handoff": "codec",
+    "decode_hidden_message": "codec",
+    "decode_meta": "codec",
+    "decode_token_message": "codec",
+    "decode_tokens": "codec",
+    "encode_handoff": "codec",
+    "encode_hidden_message": "codec",
+    "encode_meta": "codec",
+    "encode_token_message": "codec",
+    "encode_tokens": "codec",
+    "hop_payload_size": "codec",
+    "meta_size": "codec",
+    "payload_size": "codec",
+    "token_payload_size": "codec",
+    "CostModel": "cost",
+    "CostModelError": "cost",
+    "HOPS": "cost",
+    "CheckpointError": "model",
+    "EarlyExitModel": "model",
+    "ExitConfig": "model",
+    "ExitHead": "model",
+    "OFFLINE_ENCODER": "model",
+    "read_exit_config": "model",
+    "resolve_encoder": "model",
+    "TIERS": "plan",
+    "TierPlan": "plan",
+    "TierPlanError": "plan",
+    "default_plan": "plan",
+    "CONTINUE": "routes",
+    "HANDOFF_CLOUD": "routes",
+    "HANDOFF_EDGE": "routes",
+    "Path": "routes",
+    "RouteError": "routes",
+    "Stop": "routes",
+    "chain_path": "routes",
+    "check_actions": "routes",
+    "enumerate_paths": "routes",
+    "exit_span": "routes",
+    "final_tier_index": "routes",
+    "handoff_action": "routes",
+    "handoff_target": "routes",
+    "path_label": "routes",
+    "path_stops": "routes",
+    "reference_path": "routes",
+    "run_segment": "routes",
+    "CachedSplit": "run",
+    "RunInfo": "run",
+    "cached_splits": "run",
+    "read_cached_split": "run",
+    "read_run_info": "run",
+    "write_cached_split": "run",
+    "write_run_info": "run",
+    "RoutedAnswer": "segment",
+    "SegmentInput": "segment",
+    "SegmentResult": "segment",
+    "run_routed": "segment",
+    "run_tier_segment": "segment",
+    "TierOutput": "slicing",
+    "TierPart": "slicing",
+    "load_tier_part": "slicing",
+    "run_three_tiers": "slicing",
+    "slice_model": "slicing",
+    "TextInputError": "text",
+    "tokenize_for_inference": "text",
+}
+
+if TYPE_CHECKING:  # static tools see the eager imports
+    from .channel import Channel, ChannelError, TransmissionOutcome, add_awgn, measured_snr_db, signal_power  # noqa: F401
+    from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, HandoffMeta, TOKENS_CONTENT_TYPE, TokenBatch, decode_handoff, decode_hidden_message, decode_meta, decode_token_message, decode_tokens, encode_handoff, encode_hidden_message, encode_meta, encode_token_message, encode_tokens, hop_payload_size, meta_size, payload_size, token_payload_size  # noqa: F401
+    from .cost import CostModel, CostModelError, HOPS  # noqa: F401
+    from .model import CheckpointError, EarlyExitModel, ExitConfig, ExitHead, OFFLINE_ENCODER, read_exit_config, resolve_encoder  # noqa: F401
+    from .plan import TIERS, TierPlan, TierPlanError, default_plan  # noqa: F401
+    from .routes import CONTINUE, HANDOFF_CLOUD, HANDOFF_EDGE, Path, RouteError, Stop, chain_path, check_actions, enumerate_paths, exit_span, final_tier_index, handoff_action, handoff_target, path_label, path_stops, reference_path, run_segment  # noqa: F401
+    from .run import CachedSplit, RunInfo, cached_splits, read_cached_split, read_run_info, write_cached_split, write_run_info  # noqa: F401
+    from .segment import RoutedAnswer, SegmentInput, SegmentResult, run_routed, run_tier_segment  # noqa: F401
+    from .slicing import TierOutput, TierPart, load_tier_part, run_three_tiers, slice_model  # noqa: F401
+    from .text import TextInputError, tokenize_for_inference  # noqa: F401
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # a submodule: tiers.codec, tiers.model, ...
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
