@@ -57,6 +57,7 @@ from .profiles import (
 )
 from .transmission import (
     ConfidenceTD,
+    DimeeTD,
     LogisticTD,
     SNRShiftedTD,
     TransmissionRule,
@@ -67,6 +68,7 @@ from .synthetic import Group, SyntheticExits, make_exit_logits
 
 __all__ = [
     "ConfidenceTD",
+    "DimeeTD",
     "LogisticTD",
     "SNRShiftedTD",
     "TransmissionRule",

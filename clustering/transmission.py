@@ -19,6 +19,8 @@ Rules:
   channel moves the threshold (fitted slope < 0 -> keep more answers locally when the link is noisy).
 * :class:`LogisticTD` - two small logistic models: P(local right | confidence features of exits 1..m) and
   P(remote right | those features, SNR); transmit when P(remote) - P(local) > cost_weight.
+* :class:`DimeeTD` - DIMEE's cluster stage on the mobile exit profile, one per channel state (SNR) seen in
+  fit, the nearest chosen online.
 
 Decisions in the :class:`clustering.ExitPolicy` style are available through :meth:`TransmissionRule.decide`
 (the local exit, or 0 = hand off). Serialisation: ``to_dict`` / :func:`transmission_rule_from_dict`, no pickle.
@@ -33,7 +35,8 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 
 from .errors import PolicyError
-from .profiles import as_logits, confidence, margin, predictions
+from .profiles import as_logits, confidence, exit_profile, margin, predictions
+from .stages import ClusterSettings, RoutingStage, fit_cluster_stage
 
 LOCAL_CHOICES = ("last", "best")
 _RULES: dict[str, type["TransmissionRule"]] = {}
@@ -320,6 +323,75 @@ class LogisticTD(TransmissionRule):
 
     def _load_state(self, state):
         self.local_model_, self.remote_model_ = state["local_model"], state["remote_model"]
+
+
+@_register
+class DimeeTD(TransmissionRule):
+    """DIMEE as a transmission rule, with the link state as its input: one DIMEE cluster stage per channel
+    state seen in fit (the distinct SNRs), chosen online by the nearest fitted SNR.
+
+    Each stage clusters the mobile exit profile (``profile_features`` of exits 1..m) and gives each cluster
+    the better of two candidates by mean reward on its fit rows: answer locally (reward: the local answer is
+    right) or transmit (the remote answer under that SNR is right, minus `cost_weight`): the same fitting
+    core as :class:`clustering.DimeePolicy` (:func:`clustering.stages.fit_cluster_stage`, k by cross-validated
+    reward). Fitting per state rather than with the SNR as a cluster feature keeps the folds honest: the fit
+    rows are the same samples repeated over SNRs, so pooled folds would hold a sample's twin out of its own
+    fold."""
+
+    def __init__(
+        self,
+        cost_weight: float = 0.0,
+        local: str = "last",
+        profile_features: tuple[str, ...] = ("confidence", "entropy", "margin"),
+        k_grid: tuple[int, ...] = tuple(range(1, 13)),
+        n_folds: int = 3,
+        n_init: int = 4,
+        random_state: int = 0,
+        k_tolerance: float = 0.002,
+        shrinkage: float = 0.0,
+    ):
+        self.cost_weight = cost_weight
+        self.local = local
+        self.profile_features = profile_features
+        self.k_grid = k_grid
+        self.n_folds = n_folds
+        self.n_init = n_init
+        self.random_state = random_state
+        self.k_tolerance = k_tolerance
+        self.shrinkage = shrinkage
+
+    def _profile(self, logits) -> np.ndarray:
+        return exit_profile(logits, None, tuple(self.profile_features))
+
+    def _fit(self, logits, snr, local_correct, remote_correct) -> None:
+        settings = ClusterSettings(
+            tuple(int(k) for k in self.k_grid), int(self.n_folds), int(self.n_init), int(self.random_state),
+            float(self.k_tolerance), float(self.shrinkage),
+        )  # fmt: skip
+        x = self._profile(logits)
+        rewards = np.stack([local_correct, remote_correct - self.cost_weight], axis=1).astype(np.float64)
+        self.snrs_ = np.unique(snr)
+        self.stages_ = [
+            fit_cluster_stage(x[snr == s], rewards[snr == s], np.array([0, 1]), settings, strict=False)[0]
+            for s in self.snrs_
+        ]
+
+    def _predict(self, logits, snr):
+        state = np.abs(snr[:, None] - self.snrs_[None, :]).argmin(axis=1)
+        x = self._profile(logits)
+        transmit = np.zeros(x.shape[0], dtype=bool)
+        for i, stage in enumerate(self.stages_):
+            rows = state == i
+            if rows.any():
+                transmit[rows] = stage.targets(x[rows]) == 1
+        return transmit
+
+    def _state(self):
+        return {"snrs": self.snrs_.tolist(), "stages": [stage.to_dict() for stage in self.stages_]}
+
+    def _load_state(self, state):
+        self.snrs_ = np.asarray(state["snrs"], dtype=np.float64)
+        self.stages_ = [RoutingStage.from_dict(stage) for stage in state["stages"]]
 
 
 def evaluate_td(

@@ -12,7 +12,9 @@ For one fine-tuned run (plan m, e, L):
    accuracy (local answer at exit m if kept, remote answer if transmitted), offload rate, bytes sent per sample
    (`tiers.payload_size` of a one-sample handoff).
 
-Run: ``python -m glue_eval.channel_experiment runs/bench-sst2 runs/mrpc --out results/channel``.
+Run: ``python -m glue_eval.channel_experiment runs/bench-sst2 runs/mrpc --out results/channel``. With
+``--replay sst2 mrpc`` the TD rules are refitted and re-evaluated from the saved predictions of such a run
+(``<out>/<task>_predictions.npz``), without the runs or a forward pass.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from transformers import AutoTokenizer
 
 from clustering.profiles import predictions
-from clustering.transmission import ConfidenceTD, LogisticTD, SNRShiftedTD, evaluate_td, local_predictions
+from clustering.transmission import ConfidenceTD, DimeeTD, LogisticTD, SNRShiftedTD, evaluate_td, local_predictions
 from tiers import decode_handoff, load_tier_part, payload_size, read_run_info
 from tiers.channel import Channel, send_hidden_states
 
@@ -122,6 +124,7 @@ def td_experiment(cal, val, cal_remote, val_remote, snrs, encoding, hidden_size,
         "logistic (conf + SNR)": LogisticTD(cost_weight=cost_weight).fit(
             stacked_logits, stacked_snr, stacked_labels, stacked_remote
         ),
+        "DIMEE per SNR": DimeeTD(cost_weight=cost_weight).fit(stacked_logits, stacked_snr, stacked_labels, stacked_remote),
     }
     payload = np.array([payload_size([c], hidden_size, encoding) for c in val.token_counts], dtype=float)
     rows = []
@@ -224,6 +227,7 @@ def run_task(
         "n_calibration_used": int(len(caches["calibration"].labels)),
         "mobile_logits_max_abs_diff_vs_cache": max_diff,
         "local_exit": plan.mobile_end,
+        "hidden_size": int(edge.hidden_size),
         "local_accuracy": float((local_predictions(val.mobile_logits) == val.labels).mean()),
         "final_exit_accuracy_cached": float((predictions(cached_all)[:, -1] == val.labels).mean()),
         "remote_accuracy": remote_accuracy,
@@ -237,6 +241,61 @@ def run_task(
     }
 
 
+def _hidden_size(result: dict, token_counts: np.ndarray) -> int:
+    """The run's hidden size: stored since the field exists; for older results, the one whose payloads give
+    the recorded mean payload exactly."""
+    if "hidden_size" in result:
+        return int(result["hidden_size"])
+    enc, mean = next(iter(result["mean_payload_bytes"].items()))
+    for h in range(1, 8193):
+        if np.isclose(np.mean([payload_size([c], h, enc) for c in token_counts]), mean, rtol=0, atol=1e-6):
+            return h
+    raise SystemExit(f"{result['task']}: no hidden size reproduces its mean payload {mean} B; rerun the experiment")
+
+
+def replay_task(out: Path, task: str) -> dict:
+    """Refit and re-evaluate the TD rules of a finished experiment from its predictions file (no forward
+    pass): the noise, the remote answers and every other figure stay as they were measured."""
+    result_path, cache_path = out / f"{task}.json", out / f"{task}_predictions.npz"
+    if not result_path.is_file() or not cache_path.is_file():
+        raise SystemExit(f"--replay {task}: needs {result_path} and {cache_path} from an earlier full run")
+    t0 = time.time()
+    result = json.loads(result_path.read_text())
+    arrays = np.load(cache_path)
+    caches, remote = {}, {}
+    for split in ("calibration", "validation"):
+        caches[split] = MobileCache(
+            [], arrays[f"{split}_mobile_logits"], arrays[f"{split}_labels"], arrays[f"{split}_token_counts"]
+        )
+        remote[split] = {}
+        for key in arrays.files:
+            parts = key.split("_", 2)
+            if parts[0] == split and parts[1] in ENCODINGS:
+                remote[split].setdefault(parts[1], {})[parts[2]] = arrays[key]
+    hidden = _hidden_size(result, caches["validation"].token_counts)
+    snrs = sorted({r["snr_db"] for r in result["td"]})
+    encodings = sorted({r["encoding"] for r in result["td"]}, key=ENCODINGS.index)
+    td_rows, fitted = [], {}
+    for cost_weight in result["cost_weights"]:
+        for encoding in encodings:
+            rows, fit = td_experiment(
+                caches["calibration"], caches["validation"], remote["calibration"], remote["validation"], snrs,
+                encoding, hidden, cost_weight,
+            )  # fmt: skip
+            td_rows += rows
+            fitted[f"{encoding}, cost_weight={cost_weight:g}"] = fit
+    result.update(td=td_rows, fitted_rules=fitted, hidden_size=hidden, td_replay_seconds=round(time.time() - t0, 1))
+    return result
+
+
+def write_task(result: dict, out: Path) -> str:
+    (out / f"{result['task']}.json").write_text(json.dumps(result, indent=1))
+    plot_task(result, out)
+    text = tables(result)
+    (out / f"{result['task']}_tables.md").write_text(text + "\n")
+    return text
+
+
 # ---- plots and tables -------------------------------------------------------------------------------------
 _STYLE = {
     "always local": ("#888888", ":"),
@@ -245,6 +304,7 @@ _STYLE = {
     "threshold (fit all SNRs)": ("#64b5cd", "-"),
     "SNR-shifted threshold": ("#dd8452", "-"),
     "logistic (conf + SNR)": ("#55a868", "-"),
+    "DIMEE per SNR": ("#8172b3", "-"),
     "oracle": ("#c44e52", ":"),
 }
 
@@ -315,6 +375,24 @@ def plot_task(result: dict, out: Path) -> list[Path]:
     return paths
 
 
+def rule_summary(result: dict, encoding: str = "fp32") -> str:
+    """Markdown: per cost weight and rule, the TD objective (accuracy - w * offload rate), accuracy and
+    offload rate averaged over the swept SNRs (each SNR weighs the same)."""
+    lines = [
+        f"| {result['task']} rule ({encoding}, mean over SNRs) | w | objective | accuracy | offload rate |",
+        "|---|---|---|---|---|",
+    ]
+    for w in result["cost_weights"]:
+        for rule in _STYLE:
+            rows = [r for r in result["td"] if r["encoding"] == encoding and r["rule"] == rule and r["cost_weight"] == w]
+            if not rows:
+                continue
+            acc = float(np.mean([r["accuracy"] for r in rows]))
+            off = float(np.mean([r["offload_rate"] for r in rows]))
+            lines.append(f"| {rule} | {w:g} | {acc - w * off:.4f} | {acc:.4f} | {off:.3f} |")
+    return "\n".join(lines)
+
+
 def tables(result: dict) -> str:
     lines = []
     task = result["task"]
@@ -345,12 +423,15 @@ def tables(result: dict) -> str:
                 label = rule if rule in ("always local", "always transmit", "oracle") else f"{rule}, w={w:g}"
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += [f"### {task}: the TD objective over all SNRs\n", rule_summary(result), ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (with --replay: task names under --out)")
+    parser.add_argument("--replay", action="store_true",
+                        help="refit and re-evaluate the TD rules from <out>/<task>_predictions.npz, no forward pass")
     parser.add_argument("--out", type=Path, default=Path("results/channel"))
     parser.add_argument("--snrs", type=float, nargs="+", default=list(DEFAULT_SNRS))
     parser.add_argument("--encodings", nargs="+", default=["fp32", "int8"], choices=ENCODINGS,
@@ -368,15 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     text = []
     for run in args.runs:
+        if args.replay:
+            text.append(write_task(replay_task(args.out, str(run)), args.out))
+            print(f"{run}: TD rules refitted from {args.out / f'{run}_predictions.npz'}")
+            continue
         result = run_task(
             run, args.snrs, args.encodings, args.calibration_n, args.seed, args.cost_weights, args.batch_size,
             args.clean_only,
             args.out / f"{read_run_info(run).task}_predictions.npz",
         )  # fmt: skip
-        (args.out / f"{result['task']}.json").write_text(json.dumps(result, indent=1))
-        plot_task(result, args.out)
-        text.append(tables(result))
-        (args.out / f"{result['task']}_tables.md").write_text(text[-1] + "\n")
+        text.append(write_task(result, args.out))
         diff = result["mobile_logits_max_abs_diff_vs_cache"]
         print(f"{result['task']}: done in {result['seconds']} s (mobile logits vs cache: max |diff| {diff:.2e})")
     print("\n\n".join(text))

@@ -11,6 +11,7 @@ import torch
 from clustering import PolicyError
 from clustering.transmission import (
     ConfidenceTD,
+    DimeeTD,
     LogisticTD,
     SNRShiftedTD,
     evaluate_td,
@@ -213,7 +214,24 @@ def test_logistic_rule_uses_snr():
     assert costly.predict(logits, 30.0).mean() < rule.predict(logits, 30.0).mean()
 
 
-@pytest.mark.parametrize("make", [lambda: ConfidenceTD(), lambda: SNRShiftedTD(), lambda: LogisticTD()])
+def test_dimee_rule_fits_one_stage_per_channel_state():
+    logits, labels, _, x, snr, y, remote, local = _td_data()
+    rule = DimeeTD().fit(x, snr, y, remote)
+    assert rule.snrs_.tolist() == [-5.0, 0.0, 20.0, 30.0] and len(rule.stages_) == 4
+    low_conf = local_confidence(logits) < 0.7
+    assert rule.predict(logits, 30.0)[low_conf].mean() > 0.9  # a good link: transmit the doubtful ones
+    assert rule.predict(logits, -5.0).mean() < 0.1  # a bad link: keep everything
+    assert rule.predict(logits, 25.0).tolist() == rule.predict(logits, 30.0).tolist()  # nearest fitted state
+    fixed = ConfidenceTD().fit(x, snr, y, remote)
+    assert td_reward(rule.predict(x, snr), local, remote, 0.0) > td_reward(fixed.predict(x, snr), local, remote, 0.0)
+    costly = DimeeTD(cost_weight=0.3).fit(x, snr, y, remote)  # transmit: 0.7; local: 1 if sure, 0.5 if not
+    assert costly.predict(logits, 30.0)[local_confidence(logits) > 0.85].mean() < 0.1
+    assert costly.predict(logits, 30.0)[low_conf].mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: ConfidenceTD(), lambda: SNRShiftedTD(), lambda: LogisticTD(), lambda: DimeeTD(k_grid=(1, 2, 3))]
+)
 def test_rules_round_trip_and_decide(make):
     logits, labels, _, x, snr, y, remote, _ = _td_data(n=400)
     rule = make().fit(x, snr, y, remote)
