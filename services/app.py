@@ -5,7 +5,10 @@ Mobile:  POST /v1/classify (JSON texts) -> answers; the policy may hand a sample
 Edge:    POST /v1/handoff (token ids or hidden states) -> continues from the boundary (0 or m by default),
          answers or hands off to cloud after its last layer e.
 Cloud:   POST /v1/handoff (token ids or hidden states at 0, m or e by default) -> answers by layer L.
-All:     GET /healthz, /readyz, /metrics (Prometheus text).
+All:     GET /healthz, /readyz, /metrics (Prometheus text, prometheus_client, with the process metrics).
+
+JSON answers are serialised once: a pydantic answer by pydantic-core (`model_dump_json`, no re-validation of
+what the service built itself), any other JSON by orjson (`JsonAnswer`); request bodies are parsed by orjson.
 
 Bad input is always a 4xx with a reason (JSON {"detail": ...}), never a 5xx. A client that hangs up before its
 body has arrived is no server error: it is logged in one line and counted as status 499 (nginx's "client
@@ -15,7 +18,6 @@ closed request") and in dimee_client_disconnects_total.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import time
@@ -23,25 +25,18 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from tiers import CONTENT_TYPE, TOKENS_CONTENT_TYPE
 
 from .batching import BatcherClosed
-from .handoff import (
-    META_HEADER,
-    REQUEST_ID_HEADER,
-    TOKEN_HEADER,
-    InputError,
-    check_content_type,
-    check_token,
-    parse_meta,
-    read_body,
-)
+from .handoff import REQUEST_ID_HEADER, TOKEN_HEADER, InputError, check_content_type, check_token, read_body
 from .metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
-from .schemas import ClassifyResponse, ErrorResponse, HandoffMeta, HandoffResponse, classify_request_schema
+from .schemas import DEGRADED_REASONS, ClassifyResponse, ErrorResponse, HandoffResponse, classify_request_schema
 from .settings import MIN_TOKEN_CHARS, TierSettings
 from .tier import TierService
 
@@ -52,6 +47,18 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 KNOWN_PATHS = frozenset({"/v1/classify", "/v1/handoff", "/healthz", "/readyz", "/metrics"})
 #: Status recorded for a request whose client hung up before its body arrived (nobody reads the answer).
 CLIENT_CLOSED_REQUEST = 499
+
+
+class JsonAnswer(Response):
+    """A JSON answer serialised once: pydantic models by pydantic-core, anything else by orjson (which refuses
+    NaN and infinity instead of writing them)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, BaseModel):
+            return content.model_dump_json().encode("utf-8")
+        return orjson.dumps(content)
 
 
 class RequestIdFilter(logging.Filter):
@@ -107,8 +114,8 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail, "request_id": current_request_id()}, status_code=status)
+def _error(status: int, detail: str) -> JsonAnswer:
+    return JsonAnswer({"detail": detail, "request_id": current_request_id()}, status_code=status)
 
 
 _ERRORS = {
@@ -140,6 +147,7 @@ def create_app(settings: TierSettings) -> FastAPI:
             f"of {service.plan.num_layers} run here)."
         ),
         lifespan=lifespan,
+        default_response_class=JsonAnswer,
     )
     app.state.service = service
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics)
@@ -154,7 +162,7 @@ def create_app(settings: TierSettings) -> FastAPI:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
-    async def input_error(_request: Request, err: InputError) -> JSONResponse:
+    async def input_error(_request: Request, err: InputError) -> JsonAnswer:
         return _error(err.status, err.detail)
 
     @app.exception_handler(ClientDisconnect)
@@ -163,11 +171,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # the server drops it: the connection is gone
 
     @app.exception_handler(BatcherClosed)
-    async def closing(_request: Request, err: BatcherClosed) -> JSONResponse:
+    async def closing(_request: Request, err: BatcherClosed) -> JsonAnswer:
         return _error(503, str(err))
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, err: Exception) -> JSONResponse:
+    async def unexpected(_request: Request, err: Exception) -> JsonAnswer:
         log.exception("unexpected error")
         rid = current_request_id()
         return _error(500, f"internal error; see the service log for request {rid}")
@@ -178,15 +186,23 @@ def _add_operations(app: FastAPI, service: TierService) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "tier": service.tier}
 
-    @app.get("/readyz", tags=["operations"], summary="Model loaded and next tier reachable")
-    async def readyz() -> JSONResponse:
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Model loaded and next tier reachable",
+        description=(
+            "200 when ready, else 503. `<tier>_tier` per tier this one sends samples to: `reachable`, or why not as "
+            "a stable code: " + ", ".join(sorted(DEGRADED_REASONS)) + " (the degraded_reason codes)."
+        ),
+    )
+    async def readyz() -> JsonAnswer:
         ready, checks = await service.readiness()
         body = {"ready": ready, "tier": service.tier, "plan": service.plan.spec, **checks}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return JsonAnswer(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+        return PlainTextResponse(service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)  # type: ignore[arg-type]
 
 
 def _add_classify(app: FastAPI, service: TierService) -> None:
@@ -208,7 +224,7 @@ def _add_classify(app: FastAPI, service: TierService) -> None:
         ),
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
     )
-    async def classify(request: Request) -> ClassifyResponse:
+    async def classify(request: Request) -> JsonAnswer:
         media = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
         if media != "application/json" and not media.endswith("+json"):
             raise InputError(415, f"Content-Type must be application/json, got {media}")
@@ -218,16 +234,22 @@ def _add_classify(app: FastAPI, service: TierService) -> None:
         except UnicodeDecodeError as err:
             raise InputError(400, f"body is not valid UTF-8 (byte {err.start})") from err
         try:
-            payload = json.loads(text)
-        except (ValueError, RecursionError) as err:
+            payload = orjson.loads(text)
+        except orjson.JSONDecodeError as err:
             raise InputError(400, f"body is not valid JSON ({str(err)[:200]})") from err
         if not isinstance(payload, dict):
             raise InputError(422, "body must be a JSON object such as {\"text\": \"...\"}")
-        return await service.classify(payload, current_request_id())
+        return JsonAnswer(await service.classify(payload, current_request_id()))
 
 
 def _add_handoff(app: FastAPI, service: TierService) -> None:
     settings = service.settings
+    binary = {
+        "type": "string",
+        "format": "binary",
+        "minLength": 36 + 16,  # the metadata header and the smallest payload header
+        "maxLength": settings.max_body_bytes,
+    }
 
     @app.post(
         "/v1/handoff",
@@ -235,24 +257,24 @@ def _add_handoff(app: FastAPI, service: TierService) -> None:
         responses={
             401: {"model": ErrorResponse, "description": f"missing {TOKEN_HEADER}"},
             403: {"model": ErrorResponse, "description": f"wrong {TOKEN_HEADER}"},
-            431: {"model": ErrorResponse, "description": f"{META_HEADER} too large"},
             **_ERRORS,
         },
         tags=["inference"],
         summary="Continue a handed-over sample from its layer boundary (tier to tier)",
         description=(
-            f"Body: token ids (Content-Type {TOKENS_CONTENT_TYPE}, boundary 0) or hidden states of the real "
-            f"tokens after layer j (Content-Type {CONTENT_TYPE}, the body's next layer is j + 1); this tier "
-            f"accepts boundaries {list(service.plan.accepts(service.tier))}. Header {META_HEADER}: JSON with the "
-            f"logits of exits 1..j, the sender's deadline budget and forcing. Requires {TOKEN_HEADER}."
+            "Body: one handoff message of the codec (`tiers.codec`): a metadata section (magic DMMD, version 1: "
+            "the logits of exits 1..j, the sender's deadline budget, forcing, routing features, distortion types; "
+            f"at most {settings.max_meta_bytes} bytes), then the payload: token ids (Content-Type "
+            f"{TOKENS_CONTENT_TYPE}, boundary 0; `tiers.encode_token_message`) or hidden states of the real tokens "
+            f"after layer j (Content-Type {CONTENT_TYPE}, the payload's next layer is j + 1; "
+            f"`tiers.encode_hidden_message`); at most {settings.max_body_bytes} bytes in all. This tier accepts "
+            f"boundaries {list(service.plan.accepts(service.tier))}. Requires {TOKEN_HEADER}. No metadata header "
+            "is read (X-DIMEE-Meta, the format before the metadata moved into the body, is refused with 400)."
         ),
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {
-                    CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                    TOKENS_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                },
+                "content": {CONTENT_TYPE: {"schema": binary}, TOKENS_CONTENT_TYPE: {"schema": binary}},
             },
             "parameters": [
                 {
@@ -261,19 +283,6 @@ def _add_handoff(app: FastAPI, service: TierService) -> None:
                     "required": True,
                     "description": "the tiers' shared secret (DIMEE_HANDOFF_TOKEN)",
                     "schema": {"type": "string", "minLength": MIN_TOKEN_CHARS},
-                },
-                {
-                    "name": META_HEADER,
-                    "in": "header",
-                    "required": True,
-                    "description": f"HandoffMeta as compact JSON, at most {settings.max_meta_bytes} bytes",
-                    "schema": {
-                        "type": "string",
-                        "minLength": 2,
-                        "maxLength": settings.max_meta_bytes,
-                        "contentMediaType": "application/json",
-                        "contentSchema": HandoffMeta.model_json_schema(),
-                    },
                 },
                 {
                     "name": REQUEST_ID_HEADER,
@@ -285,11 +294,10 @@ def _add_handoff(app: FastAPI, service: TierService) -> None:
             ],
         },
     )
-    async def handoff(request: Request) -> HandoffResponse:
+    async def handoff(request: Request) -> JsonAnswer:
         start = time.perf_counter()
         check_token(request, settings.token)
         media = check_content_type(request, (CONTENT_TYPE, TOKENS_CONTENT_TYPE))
-        meta = parse_meta(request.headers.get(META_HEADER), settings.max_meta_bytes)
         body = await read_body(request, settings.max_body_bytes)
-        answers, server_ms = await service.handoff(meta, body, media, current_request_id(), start)
-        return HandoffResponse(request_id=current_request_id(), server_ms=server_ms, answers=answers)
+        answers, server_ms = await service.handoff(body, media, current_request_id(), start)
+        return JsonAnswer(HandoffResponse(request_id=current_request_id(), server_ms=server_ms, answers=answers))

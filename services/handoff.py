@@ -1,10 +1,11 @@
 """Both ends of a handoff over HTTP: checks on the receiving side, the pooled client on the sending side.
 
-Wire format: POST <target>/v1/handoff with either Content-Type tiers.CONTENT_TYPE, body = tiers.encode_handoff
-bytes (hidden states after the boundary layer j; the body's next layer is j + 1), or Content-Type
-tiers.TOKENS_CONTENT_TYPE, body = tiers.encode_tokens bytes (token ids: boundary 0); headers X-DIMEE-Token
-(shared secret), X-Request-ID, X-DIMEE-Meta (HandoffMeta as JSON). The answer is a HandoffResponse in JSON.
-Nothing is ever unpickled; the body is parsed only by tiers.decode_handoff / tiers.decode_tokens.
+Wire format: POST <target>/v1/handoff with either Content-Type tiers.CONTENT_TYPE, body =
+tiers.encode_hidden_message bytes (the metadata section, then the hidden states after the boundary layer j; the
+payload's next layer is j + 1), or Content-Type tiers.TOKENS_CONTENT_TYPE, body = tiers.encode_token_message
+bytes (the metadata section, then the token ids: boundary 0); headers X-DIMEE-Token (shared secret) and
+X-Request-ID. The answer is a HandoffResponse in JSON. Nothing is ever unpickled; the body is parsed only by
+tiers.decode_hidden_message / tiers.decode_token_message (the one codec).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from starlette.requests import Request
 
 from tiers import CONTENT_TYPE
 
-from .schemas import HandoffMeta, HandoffResponse
+from .schemas import HandoffResponse
 
 TOKEN_HEADER = "X-DIMEE-Token"
-META_HEADER = "X-DIMEE-Meta"
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
@@ -88,18 +88,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_meta(raw: str | None, limit: int) -> HandoffMeta:
-    if raw is None:
-        raise InputError(400, f"missing {META_HEADER} header")
-    if len(raw) > limit:
-        raise InputError(431, f"{META_HEADER} of {len(raw)} bytes exceeds the limit of {limit}")
-    try:
-        return HandoffMeta.model_validate_json(raw)
-    except ValidationError as err:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'meta'}: {e['msg']}" for e in err.errors())
-        raise InputError(400, f"invalid {META_HEADER}: {reasons}") from err
-
-
 # ---- sending side ------------------------------------------------------------------------------------------
 def make_client(request_timeout_s: float, connect_timeout_s: float) -> httpx.AsyncClient:
     """One pooled client per service. trust_env=False: a proxy from the environment must never see the
@@ -115,12 +103,12 @@ async def post_handoff(
     token: str,
     request_id: str,
     body: bytes,
-    meta: HandoffMeta,
     timeout_s: float,
     expected_answers: int,
     content_type: str = CONTENT_TYPE,
 ) -> tuple[HandoffResponse, float]:
-    """Send one handoff; return the next tier's response and the round-trip time in ms.
+    """Send one handoff (`body`: a whole message, metadata section included); return the next tier's response
+    and the round-trip time in ms.
 
     `timeout_s` bounds the whole exchange (asyncio.wait_for), not only each socket operation.
     """
@@ -128,7 +116,6 @@ async def post_handoff(
         "Content-Type": content_type,
         TOKEN_HEADER: token,
         REQUEST_ID_HEADER: request_id,
-        META_HEADER: meta.model_dump_json(),
     }
     start = time.perf_counter()
     try:

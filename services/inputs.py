@@ -4,8 +4,8 @@ the tier before (edge and cloud).
 `TierInputs` is a mixin of `services.tier.TierService`: it reads the service's settings, run info, plan,
 tokenizer, detector, engine and metrics, and raises `InputError` (status and message for the client) on any
 input the tier refuses. Mobile's texts are checked against every limit and tokenised without truncation;
-a handoff body (token ids, boundary 0, or hidden states after layer j) and its X-DIMEE-Meta must match the
-boundaries this tier accepts and its model, and become one `tiers.SegmentInput` per sample.
+a handoff body (its metadata section, then token ids, boundary 0, or hidden states after layer j) must match
+the boundaries this tier accepts and its model, and becomes one `tiers.SegmentInput` per sample.
 
 Values received from another tier must be finite (else 400) and within a documented range (else 422): hidden
 states and routing features within +-MAX_HIDDEN_ABS, prior logits within +-MAX_LOGIT_ABS. Finite but huge
@@ -20,11 +20,18 @@ import asyncio
 import numpy as np
 from pydantic import ValidationError
 
-from tiers import TOKENS_CONTENT_TYPE, HandoffFormatError, SegmentInput, decode_handoff, decode_tokens
+from tiers import (
+    TOKENS_CONTENT_TYPE,
+    HandoffFormatError,
+    HandoffMeta,
+    SegmentInput,
+    decode_hidden_message,
+    decode_token_message,
+)
 
 from .engine import TokenSample
 from .handoff import InputError
-from .schemas import ClassifyRequest, HandoffMeta
+from .schemas import ClassifyRequest
 
 #: Largest |value| a tier accepts in hidden states (and routing features) from another tier. The states a
 #: LayerNorm'd encoder hands on stay small (a LayerNorm output is bounded by max|gamma| * sqrt(hidden) +
@@ -33,7 +40,7 @@ from .schemas import ClassifyRequest, HandoffMeta
 #: ten times their RMS. 1e4 leaves three orders of magnitude above that, and fifteen below where the forward
 #: pass overflows (about 1e19).
 MAX_HIDDEN_ABS = 1e4
-#: Largest |logit| a tier accepts among the prior exits' logits of X-DIMEE-Meta (exit heads on LayerNorm'd
+#: Largest |logit| a tier accepts among the prior exits' logits of a handoff's metadata (exit heads on LayerNorm'd
 #: states give logits of a few units to a few tens).
 MAX_LOGIT_ABS = 1e4
 
@@ -136,22 +143,21 @@ class TierInputs:
         return [str(kind) for kind in self.detector.predict(texts, text_pairs=pairs)]
 
     # ---- edge and cloud: token ids or hidden states in ------------------------------------------------
-    async def _handoff_samples(
-        self, meta: HandoffMeta, body: bytes, content_type: str
-    ) -> tuple[int, list[SegmentInput]]:
-        """The boundary of a handoff (token ids: 0; hidden states after layer j: j) and its samples, the body
-        and X-DIMEE-Meta checked against this tier's accepted boundaries and model."""
+    async def _handoff_samples(self, body: bytes, content_type: str) -> tuple[HandoffMeta, int, list[SegmentInput]]:
+        """The metadata of a handoff, its boundary (token ids: 0; hidden states after layer j: j) and its
+        samples, the whole message checked against this tier's accepted boundaries and model."""
         engine = self.engine
         assert engine is not None
         accepted = self.plan.accepts(self.tier)
+        limits = dict(max_batch=self.settings.max_texts, max_seq_len=self.max_tokens)
         if content_type == TOKENS_CONTENT_TYPE:
             if 0 not in accepted or not engine.accepts_tokens:
                 raise InputError(
                     422, f"the {self.tier} tier does not accept token ids (boundary 0); it accepts boundaries {list(accepted)}"
                 )
             try:
-                tokens = await asyncio.to_thread(
-                    decode_tokens, body, engine.vocab_size, self.settings.max_texts, self.max_tokens
+                meta, tokens = await _decode_async(
+                    body, decode_token_message, body, engine.vocab_size, max_meta_bytes=self.settings.max_meta_bytes, **limits
                 )
             except HandoffFormatError as err:
                 raise InputError(400, f"invalid token-id body: {err}") from err
@@ -161,14 +167,14 @@ class TierInputs:
             boundary, size = 0, len(tokens.input_ids)
         else:
             try:
-                handoff = await asyncio.to_thread(
-                    decode_handoff,
+                meta, handoff = await _decode_async(
+                    body,
+                    decode_hidden_message,
                     body,
                     engine.hidden_size,
-                    None,
-                    self.settings.max_texts,
-                    self.max_tokens,
-                    tuple(self.settings.accepted_encodings),
+                    allowed_encodings=tuple(self.settings.accepted_encodings),
+                    max_meta_bytes=self.settings.max_meta_bytes,
+                    **limits,
                 )
             except HandoffFormatError as err:
                 raise InputError(400, f"invalid handoff body: {err}") from err
@@ -181,28 +187,25 @@ class TierInputs:
                 f"{boundary + 1}); it accepts boundaries {list(accepted)} (0 = token ids, j = hidden states after layer j)",
             )
         if meta.n != size:
-            raise InputError(422, f"X-DIMEE-Meta declares {meta.n} samples but the body holds {size}")
+            raise InputError(422, f"the metadata declares {meta.n} samples but the payload holds {size}")
         if meta.prior_exits != boundary:
             raise InputError(
-                422, f"X-DIMEE-Meta carries {meta.prior_exits} prior exits; a body at boundary {boundary} needs {boundary}"
+                422, f"the metadata carries {meta.prior_exits} prior exits; a body at boundary {boundary} needs {boundary}"
             )
         if meta.num_labels != self.info.num_labels:
             raise InputError(
-                422, f"X-DIMEE-Meta has {meta.num_labels} labels per exit; this model has {self.info.num_labels}"
+                422, f"the metadata has {meta.num_labels} labels per exit; this model has {self.info.num_labels}"
             )
-        try:
-            prior = meta.logits()
-            features = meta.feature_array()
-        except ValueError as err:
-            raise InputError(400, f"invalid X-DIMEE-Meta: {err}") from err
+        prior = meta.logits()
+        features = meta.feature_array()
         if features is not None and features.shape[1] != engine.hidden_size:
             raise InputError(
-                422, f"X-DIMEE-Meta features have width {features.shape[1]}; this model's is {engine.hidden_size}"
+                422, f"the metadata's features have width {features.shape[1]}; this model's is {engine.hidden_size}"
             )
         if prior.size:
-            _check_range("X-DIMEE-Meta prior logits", np.abs(prior).max(axis=(1, 2)), MAX_LOGIT_ABS)
+            _check_range("prior logits", np.abs(prior).max(axis=(1, 2)), MAX_LOGIT_ABS)
         if features is not None:
-            _check_range("X-DIMEE-Meta features", np.abs(features).max(axis=1), MAX_HIDDEN_ABS)
+            _check_range("the metadata's features", np.abs(features).max(axis=1), MAX_HIDDEN_ABS)
         distortions = self._check_distortions(meta.distortions, size)
         self.metrics.received_bytes.inc(amount=len(body))
         samples = []
@@ -222,7 +225,7 @@ class TierInputs:
                     distortion=distortions[i],
                 )
             samples.append(sample)
-        return boundary, samples
+        return meta, boundary, samples
 
     def _check_distortions(self, distortions: list[str] | None, n: int) -> list[str | None]:
         """Per-sample types of a handoff: those of the sender where this tier serves experts (each must have
@@ -232,8 +235,20 @@ class TierInputs:
         unknown = sorted(set(distortions) - self.expert_types)
         if unknown:
             known = ", ".join(sorted(self.expert_types))
-            raise InputError(422, f"X-DIMEE-Meta names distortion type(s) {unknown}; this tier knows: {known}")
+            raise InputError(422, f"the metadata names distortion type(s) {unknown}; this tier knows: {known}")
         return list(distortions)
+
+
+#: Bodies up to this size are decoded on the event loop: a worker thread's hand-off costs more than decoding them
+#: (a handoff of one SST-2 sentence in fp32 is ~40 KB, decoded in tens of microseconds).
+INLINE_DECODE_BYTES = 256 * 1024
+
+
+async def _decode_async(body: bytes, decode, *args, **kwargs):
+    """`decode(*args, **kwargs)` inline for a small body, in a worker thread for a large one."""
+    if len(body) <= INLINE_DECODE_BYTES:
+        return decode(*args, **kwargs)
+    return await asyncio.to_thread(decode, *args, **kwargs)
 
 
 def _check_range(what: str, peaks: np.ndarray, limit: float) -> None:

@@ -37,8 +37,6 @@ from .app import RequestIdFilter, create_app
 from .settings import TierSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [rid=%(request_id)s] %(message)s"
-#: uvicorn's default cap on a request's header block (16 KiB) would refuse large X-DIMEE-Meta headers.
-HEADER_ALLOWANCE = 16 * 1024
 #: Settings that differ per tier; start_all passes them on the command line, never inherits them.
 _PER_TIER_ENV = frozenset(f"DIMEE_{name}" for name in ("TIER", "RUN_DIR", "PLAN", "NEXT_URL", "CLOUD_URL", "HOST", "PORT"))
 #: How often a tier started by start_all checks that its parent is still there.
@@ -78,7 +76,8 @@ def serve_tier(settings: TierSettings) -> None:
         host=settings.host,
         port=settings.bind_port,
         log_level=settings.log_level,
-        h11_max_incomplete_event_size=settings.max_meta_bytes + HEADER_ALLOWANCE,
+        loop="auto",  # uvloop and httptools when installed (uvicorn[standard], a dependency)
+        http="auto",
         timeout_graceful_shutdown=5,
         server_header=False,
     )

@@ -27,8 +27,11 @@ from tiers import (
     SegmentInput,
     SegmentResult,
     Stop,
+    HandoffMeta,
+    encode_meta,
     encode_tokens,
     handoff_target,
+    meta_size,
     hop_payload_size,
     token_payload_size,
 )
@@ -38,7 +41,7 @@ from tiers.experts import CLEAN
 from .engine import pad_hidden
 from .handoff import HandoffFailed, InputError, post_handoff
 from .policy import softmax
-from .schemas import Answer, CostReport, HandoffMeta, HandoffResponse, Prediction
+from .schemas import Answer, CostReport, HandoffResponse, Prediction
 
 log = logging.getLogger("services.tier")  # the tier's logger: one name for all of a tier's messages
 
@@ -47,7 +50,7 @@ MIN_HANDOFF_BUDGET_S = 0.02
 #: Share of the time left that a tier waits for the next one; the rest is its margin to answer locally.
 #: The next tier gets the same share of that wait as its own budget, so deadlines nest hop by hop.
 WAIT_SHARE = 0.9
-MAX_BUDGET_MS = 3_600_000.0  # HandoffMeta's upper bound
+MAX_BUDGET_MS = 3_600_000.0  # tiers.codec.MAX_BUDGET_MS: HandoffMeta's upper bound
 
 
 @dataclass
@@ -153,16 +156,16 @@ class TierRelay:
         )
 
     def _handoff_group_size(self, batch: _Batch, members: list[int], boundary: int) -> int:
-        """Most samples per handoff request such that X-DIMEE-Meta stays under max_meta_bytes (prior logits
-        and routing features grow with the batch) and the receiver's max_texts is respected."""
+        """Most samples per handoff request such that its metadata section stays under max_meta_bytes (prior
+        logits and routing features grow with the batch) and the receiver's max_texts is respected."""
         classes = int(self.info.num_labels)
         width = 0
         if self.policy_features and members and batch.results[members[0]].feature is not None:
             width = int(np.asarray(batch.results[members[0]].feature).shape[0])
-        per_sample = 4 * (4 * (boundary * classes + width)) // 3 + 8  # base64 of float32
+        per_sample = meta_size(1, boundary, classes, width) - meta_size(0, 0, 0)
         if batch.distortions is not None:
-            per_sample += 4 + max(len(kind) for kind in batch.distortions)  # a quoted name and a comma
-        room = max(1, (self.settings.max_meta_bytes - 1024) // per_sample)
+            per_sample += 1 + max(len(kind) for kind in batch.distortions)
+        room = max(1, (self.settings.max_meta_bytes - meta_size(0, 0, 0)) // max(1, per_sample))
         return int(min(room, self.settings.max_texts))
 
     async def _forward(self, batch: _Batch, target: str, boundary: int, group: np.ndarray) -> list[Answer]:
@@ -275,7 +278,7 @@ class TierRelay:
         hop = f"{self.tier}_{target}"
         results = [batch.results[i] for i in group]
         if boundary == 0:
-            body = encode_tokens(
+            payload = encode_tokens(
                 [r.input_ids for r in results],
                 None if any(r.token_type_ids is None for r in results) else [r.token_type_ids for r in results],
                 self.engine.vocab_size,
@@ -283,7 +286,7 @@ class TierRelay:
             content_type = TOKENS_CONTENT_TYPE
         else:
             states = [r.hidden for r in results]
-            body = await asyncio.to_thread(self._encode, states, self.settings.handoff_encoding, boundary)
+            payload = await asyncio.to_thread(self._encode, states, self.settings.handoff_encoding, boundary)
             content_type = CONTENT_TYPE
         kinds = None if batch.distortions is None else [batch.distortions[i] for i in group]
         features = None
@@ -298,10 +301,12 @@ class TierRelay:
             features=features,
             distortions=None if kinds is None or all(kind == CLEAN for kind in kinds) else kinds,  # absent: clean
         )
+        body = encode_meta(meta) + payload  # the whole message: tiers.encode_hidden_message / _token_message
         self.metrics.handoff_bytes.inc(hop, amount=len(body))
         if self.channel is not None and self.settings.channel_rate_bps is not None:
             with self._channel_lock:
-                outcome = self.channel.simulate_transmission(len(body), self._channel_rng)
+                # the payload's air time, as the cost model and the offline channel experiment charge it
+                outcome = self.channel.simulate_transmission(len(payload), self._channel_rng)
             if wait_s - outcome.seconds < MIN_HANDOFF_BUDGET_S:
                 detail = f"simulated link needs {outcome.seconds:.3f} s, more than the time left"
                 raise HandoffFailed("deadline_exceeded", detail)
@@ -315,7 +320,6 @@ class TierRelay:
             self.settings.token,
             batch.request_id,
             body,
-            meta,
             wait_s,
             len(group),
             content_type=content_type,

@@ -1,13 +1,13 @@
-"""Request and response bodies (pydantic), and the X-DIMEE-Meta header that travels with a handoff."""
+"""Request and response bodies (pydantic). The metadata that travels with a handoff is the codec's
+(`tiers.HandoffMeta`, a binary section of the handoff body), re-exported here."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from tiers import HandoffMeta  # noqa: F401 - the codec's, re-exported (`from services import HandoffMeta`)
 
 TierName = Literal["mobile", "edge", "cloud"]
 #: A distortion type's name as it travels between tiers (the receiving tier checks it against its experts).
@@ -220,89 +220,3 @@ class HandoffResponse(BaseModel):
 class ErrorResponse(BaseModel):
     detail: str
     request_id: str | None = None
-
-
-# ---- X-DIMEE-Meta ------------------------------------------------------------------------------------------
-class HandoffMeta(BaseModel):
-    """JSON in the X-DIMEE-Meta header: what the receiver needs beside the body (token ids or hidden states).
-
-    `prior_logits` are the logits of exits 1..prior_exits (the layers run before the handoff boundary; 0 exits
-    for token ids), base64 of little-endian
-    float32 [n, prior_exits, num_labels], so the receiving tier's policy sees exits 1..k as it was fitted.
-    `features` [n, feature_dim] (same packing) travel only for a policy fitted on routing features (DIMEE on
-    the embedding-layer output), which edge and cloud consult with the features mobile computed.
-    `distortions` (one per sample, only with expert exits on) name the distortion type mobile's detector found;
-    edge answers with those types' expert heads. Absent: every sample is clean (standard exits).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    v: Literal[1] = 1
-    force_tier: TierName | None = None
-    budget_ms: float = Field(gt=0, le=3_600_000, description="how long the sender waits for the answer")
-    n: int = Field(ge=1)
-    prior_exits: int = Field(ge=0, description="the handoff boundary: exits 1..prior_exits were computed")
-    num_labels: int = Field(ge=1)
-    prior_logits: str
-    feature_dim: int | None = Field(default=None, ge=1, le=65536)
-    features: str | None = None
-    distortions: list[DistortionName] | None = None
-
-    @model_validator(mode="after")
-    def _one_distortion_per_sample(self) -> "HandoffMeta":
-        if self.distortions is not None and len(self.distortions) != self.n:
-            raise ValueError(f"distortions names {len(self.distortions)} types for {self.n} samples")
-        return self
-
-    @classmethod
-    def build(
-        cls,
-        prior: np.ndarray,
-        budget_ms: float,
-        force_tier: str | None,
-        features: np.ndarray | None = None,
-        distortions: list[str] | None = None,
-    ) -> "HandoffMeta":
-        n, k, classes = prior.shape
-        return cls(
-            force_tier=force_tier,
-            budget_ms=budget_ms,
-            n=n,
-            prior_exits=k,
-            num_labels=classes,
-            prior_logits=_pack(prior),
-            feature_dim=None if features is None else int(features.shape[1]),
-            features=None if features is None else _pack(features),
-            distortions=distortions,
-        )
-
-    def logits(self) -> np.ndarray:
-        """The prior logits [n, prior_exits, num_labels]; ValueError if they do not match the declared shape."""
-        return _unpack("prior_logits", self.prior_logits, (self.n, self.prior_exits, self.num_labels))
-
-    def feature_array(self) -> np.ndarray | None:
-        """Routing features [n, feature_dim] (float64), or None when none travel with this handoff."""
-        if self.features is None and self.feature_dim is None:
-            return None
-        if self.features is None or self.feature_dim is None:
-            raise ValueError("features and feature_dim go together")
-        return _unpack("features", self.features, (self.n, self.feature_dim)).astype(np.float64)
-
-
-def _pack(values: np.ndarray) -> str:
-    """Base64 of little-endian float32: exact for what the tiers computed in float32, a third of the JSON size."""
-    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
-
-
-def _unpack(name: str, text: str, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise ValueError(f"{name} is not base64 ({err})") from err
-    expected = 4 * int(np.prod(shape))
-    if len(raw) != expected:
-        raise ValueError(f"{name} holds {len(raw)} bytes, expected {expected} for shape {list(shape)}")
-    arr = np.frombuffer(raw, dtype="<f4").reshape(shape)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contain NaN or infinity")
-    return arr.astype(np.float32)

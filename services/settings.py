@@ -78,7 +78,7 @@ class TierSettings(BaseSettings):
 
     max_body_bytes: int = Field(default=32 * 2**20, ge=1024, description="largest handoff body accepted")
     max_json_bytes: int = Field(default=2**20, ge=1024, description="largest JSON body accepted by /v1/classify")
-    max_meta_bytes: int = Field(default=64 * 1024, ge=1024, description="largest X-DIMEE-Meta header accepted")
+    max_meta_bytes: int = Field(default=64 * 1024, ge=1024, description="largest metadata section of a handoff body accepted")
 
     policy: Literal["auto", "threshold"] = Field(
         default="auto", description="auto: <run>/policy.json via clustering when present; threshold: built-in rule"

@@ -46,7 +46,7 @@ from .inputs import TierInputs
 from .metrics import ServiceMetrics
 from .policy import ThresholdPolicy, forced_actions, load_policy, read_temperatures, wants_features
 from .relay import TierRelay, _Batch, _Item, parse_stop
-from .schemas import Answer, ClassifyResponse, HandoffMeta
+from .schemas import Answer, ClassifyResponse
 from .settings import TierSettings
 
 __all__ = ["TierService", "parse_stop"]  # parse_stop lives in services.relay; imported from here too
@@ -215,7 +215,11 @@ class TierService(TierInputs, TierRelay):
         return self.engine is not None and self.batcher is not None
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Model loaded and, for every tier this one sends samples to and has a URL for, its /healthz answering."""
+        """Model loaded and, for every tier this one sends samples to and has a URL for, its /healthz answering.
+
+        Each `<tier>_tier` check is "reachable" or a stable code of `schemas.DEGRADED_REASONS` (never an
+        exception's name): next_tier_not_configured (samples for it are answered here, degraded; not a reason to
+        be unready), next_tier_timeout, next_tier_unreachable, next_tier_error (it answered another status)."""
         checks = {"model": "loaded" if self.loaded else "not loaded", "policy": self.policy_name}
         ready = self.loaded
         if not self.targets:
@@ -224,15 +228,21 @@ class TierService(TierInputs, TierRelay):
             url = self.settings.url_for(target)
             key = f"{target}_tier"
             if not url or self.client is None:
-                checks[key] = f"not configured: samples the policy sends to {target} are answered here, degraded"
+                checks[key] = "next_tier_not_configured"
                 continue
             try:
                 response = await self.client.get(f"{url}/healthz", timeout=self.settings.readiness_timeout_s)
                 ok = response.status_code == 200
-                checks[key] = "reachable" if ok else f"answered {response.status_code}"
+                checks[key] = "reachable" if ok else "next_tier_error"
+                if not ok:
+                    log.warning("readiness: %s tier's /healthz answered %d", target, response.status_code)
+            except httpx.TimeoutException:
+                ok = False
+                checks[key] = "next_tier_timeout"
             except httpx.HTTPError as err:
                 ok = False
-                checks[key] = f"unreachable ({type(err).__name__})"
+                checks[key] = "next_tier_unreachable"
+                log.info("readiness: %s tier unreachable (%s: %s)", target, type(err).__name__, err)
             ready = ready and ok
         return ready, checks
 
@@ -344,12 +354,13 @@ class TierService(TierInputs, TierRelay):
 
     # ---- edge and cloud: token ids or hidden states in ------------------------------------------------
     async def handoff(
-        self, meta: HandoffMeta, body: bytes, content_type: str, request_id: str, start: float
+        self, body: bytes, content_type: str, request_id: str, start: float
     ) -> tuple[list[Answer], float]:
-        """Continue a handed-off batch from its boundary (token ids: 0; hidden states after layer j: j);
-        returns the answers (routes from this tier on) and the ms spent here."""
+        """Continue a handed-off batch (a whole message: metadata section, then token ids, boundary 0, or hidden
+        states after layer j) from its boundary; returns the answers (routes from this tier on) and the ms spent
+        here."""
         batcher = self._require_batcher()
-        boundary, samples = await self._handoff_samples(meta, body, content_type)
+        meta, boundary, samples = await self._handoff_samples(body, content_type)
         size = len(samples)
         items = [_Item(sample, meta.force_tier) for sample in samples]
         deadline = start + min(self.settings.request_timeout_s, meta.budget_ms / 1000)

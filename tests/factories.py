@@ -74,3 +74,16 @@ class JsonHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # keep test output quiet
         pass
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` in a Prometheus text exposition whose labels include `labels` (any label
+    order: prometheus_client writes them sorted)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == str(v) for k, v in labels.items())
+    )

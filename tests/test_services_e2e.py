@@ -8,7 +8,6 @@ The fault tests stop tiers, so they run last (pytest keeps file order)."""
 from __future__ import annotations
 
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from transformers import AutoTokenizer
 
 from services import start_all
 from services.policy import softmax
-from tests.factories import tiny_run_folder
+from tests.factories import metric_value, tiny_run_folder
 from services.tier import parse_stop
 from tiers import CostModel, EarlyExitModel, TierPlan, token_payload_size
 
@@ -176,8 +175,8 @@ def test_concurrent_requests_are_batched_and_answered_correctly(tiers_up, client
         assert prediction["tier"] == tier and not prediction["degraded"]
         assert np.abs(np.asarray(prediction["probabilities"]) - expected).max() <= 1e-5
     metrics = client.get(f"{tiers_up.mobile_url}/metrics").text
-    single = float(re.search(r'dimee_forward_batch_size_bucket\{service="mobile",le="1"\} (\S+)', metrics).group(1))
-    total = float(re.search(r'dimee_forward_batch_size_count\{service="mobile"\} (\S+)', metrics).group(1))
+    single = metric_value(metrics, "dimee_forward_batch_size_bucket", service="mobile", le="1.0")
+    total = metric_value(metrics, "dimee_forward_batch_size_count", service="mobile")
     assert single < total  # at least one forward pass held more than one sample
 
 
@@ -223,4 +222,4 @@ def test_edge_down_every_request_still_answers(tiers_up, client, reference):
     assert client.get(f"{tiers_up.mobile_url}/readyz").status_code == 503
     assert client.get(f"{tiers_up.mobile_url}/healthz").status_code == 200
     metrics = client.get(f"{tiers_up.mobile_url}/metrics").text
-    assert re.search(r'dimee_degraded_total\{reason="next_tier_unreachable",service="mobile"\} ([1-9]\d*)', metrics)
+    assert metric_value(metrics, "dimee_degraded_total", reason="next_tier_unreachable", service="mobile") >= 1

@@ -21,7 +21,7 @@ from services import HandoffMeta, HandoffResponse, TierSettings, create_app
 from services.__main__ import main as services_main
 from services.policy import softmax
 from tests.factories import WORDS, add_perturbed_experts, tiny_run_folder, tiny_tokenizer
-from tiers import CONTENT_TYPE, encode_handoff, load_tier_part, read_run_info
+from tiers import CONTENT_TYPE, decode_meta, encode_handoff, encode_meta, load_tier_part, read_run_info
 from tiers.experts import (
     DETECTOR_FILE,
     ExpertError,
@@ -118,9 +118,9 @@ def test_type_travels_to_edge_and_edge_uses_its_experts(run_dir, texts, monkeypa
     edge_settings = TierSettings(run_dir=run_dir, tier="edge", handoff_token=TOKEN, batch_window_ms=1, experts=True)
     with TestClient(create_app(edge_settings), raise_server_exceptions=False) as edge:
 
-        async def to_edge(client, base_url, token, request_id, body, meta, timeout_s, expected, content_type=CONTENT_TYPE):
-            sent.append(meta)
-            headers = {"Content-Type": content_type, "X-DIMEE-Token": token, "X-DIMEE-Meta": meta.model_dump_json()}
+        async def to_edge(client, base_url, token, request_id, body, timeout_s, expected, content_type=CONTENT_TYPE):
+            sent.append(decode_meta(body)[0])
+            headers = {"Content-Type": content_type, "X-DIMEE-Token": token}
             response = await asyncio.to_thread(edge.post, "/v1/handoff", content=body, headers=headers)
             assert response.status_code == 200, response.text
             return HandoffResponse.model_validate_json(response.content), 1.0
@@ -132,7 +132,7 @@ def test_type_travels_to_edge_and_edge_uses_its_experts(run_dir, texts, monkeypa
         predictions = response.json()["predictions"]
         assert [p["tier"] for p in predictions] == ["edge", "edge"] and not any(p["degraded"] for p in predictions)
         assert [p["distortion"] for p in predictions] == ["clean", "keyboard"]
-        assert sent[0].distortions == ["clean", "keyboard"]
+        assert sent[0].distortions == ("clean", "keyboard")
         assert np.abs(got[0] - softmax(standard[0, 3], 1.0)).max() <= TOL
         assert np.abs(got[1] - softmax(expert[1, 3], 1.0)).max() <= TOL
         assert np.abs(expert[1, 3] - standard[1, 3]).max() > 1e-3  # edge's expert head, not its standard one
@@ -141,11 +141,11 @@ def test_type_travels_to_edge_and_edge_uses_its_experts(run_dir, texts, monkeypa
         body = encode_handoff(torch.randn(1, 4, 32), torch.ones(1, 4, dtype=torch.long), 3, "fp32")
         meta = HandoffMeta.build(np.zeros((1, 2, 2), np.float32), 5000, None, distortions=["blur"])
         headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN}
-        response = edge.post("/v1/handoff", content=body, headers={**headers, "X-DIMEE-Meta": meta.model_dump_json()})
+        response = edge.post("/v1/handoff", content=encode_meta(meta) + body, headers=headers)
         assert response.status_code == 422 and "['blur']" in response.json()["detail"]
-        bad = meta.model_dump() | {"distortions": ["clean", "keyboard"]}
-        response = edge.post("/v1/handoff", content=body, headers={**headers, "X-DIMEE-Meta": json.dumps(bad)})
-        assert response.status_code == 400 and "2 types for 1 samples" in response.json()["detail"]
+        two = encode_meta(HandoffMeta.build(np.zeros((2, 2, 2), np.float32), 5000, None, distortions=["clean", "keyboard"]))
+        response = edge.post("/v1/handoff", content=two + body, headers=headers)
+        assert response.status_code == 400 and "declares 2 samples" in response.json()["detail"]
 
 
 def test_experts_on_for_a_run_without_experts_refuses_to_start(tmp_path, capsys):

@@ -26,8 +26,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from services import Answer, HandoffMeta, HandoffResponse, Prediction, TierSettings, create_app
-from tests.factories import JsonHandler, tiny_run_folder
-from tiers import CONTENT_TYPE, encode_handoff
+from tests.factories import JsonHandler, metric_value, tiny_run_folder
+from tiers import CONTENT_TYPE, encode_handoff, encode_hidden_message
 
 TOKEN = "hardening-token-0123456789"
 HIDDEN = 32  # tiny_bert_config's hidden size
@@ -51,21 +51,22 @@ def receivers(run_dir):
         yield {"edge": edge, "cloud": cloud}
 
 
-def _post_parts(next_layer: int = 3, n: int = 2) -> tuple[bytes, str]:
-    """A valid fp32 body of `n` samples of 5 tokens continuing at `next_layer`, and its X-DIMEE-Meta."""
+def _post_parts(next_layer: int = 3, n: int = 2) -> tuple[bytes, bytes]:
+    """A valid fp32 handoff of `n` samples of 5 tokens continuing at `next_layer`: the whole message (metadata
+    section, then the hidden states) and the bare payload."""
     states = torch.randn((n, 5, HIDDEN), generator=torch.Generator().manual_seed(0))
-    body = encode_handoff(states, torch.ones((n, 5), dtype=torch.long), next_layer, "fp32")
     meta = HandoffMeta.build(np.zeros((n, next_layer - 1, 2), np.float32), budget_ms=5000, force_tier=None)
-    return body, meta.model_dump_json()
+    mask = torch.ones((n, 5), dtype=torch.long)
+    return encode_hidden_message(states, mask, next_layer, meta), encode_handoff(states, mask, next_layer)
 
 
 def _post_states(client: TestClient, states: torch.Tensor, next_layer: int, force: str | None, prior_scale=0.0):
     n, width = states.shape[:2]
     mask = torch.ones((n, width), dtype=torch.long)
-    body = encode_handoff(states, mask, next_layer, "fp32")
     prior = np.full((n, next_layer - 1, 2), prior_scale, dtype=np.float32)
     meta = HandoffMeta.build(prior, budget_ms=5000, force_tier=force)
-    headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN, "X-DIMEE-Meta": meta.model_dump_json()}
+    body = encode_hidden_message(states, mask, next_layer, meta, "fp32")
+    headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN}
     return client.post("/v1/handoff", content=body, headers=headers)
 
 
@@ -196,10 +197,9 @@ def test_client_hanging_up_mid_body_is_counted_as_a_disconnect_not_a_500(run_dir
     if tier == "mobile":  # mobile without a token (it has no next tier)
         path, headers, part = "/v1/classify", {"Content-Type": "application/json"}, b'{"text": "a go'
     else:
-        _, meta_json = _post_parts()
         path = "/v1/handoff"
-        headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN, "X-DIMEE-Meta": meta_json}
-        part = b"DMHS" + b"\x00" * 60
+        headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN}
+        part = b"DMMD" + b"\x00" * 60
     caplog.set_level(logging.INFO)
     with _uvicorn_in_thread(settings) as port:
         for _ in range(3):
@@ -331,29 +331,27 @@ def test_classify_request_model_refuses_both_forms_and_its_schema_says_so():
     assert _valid(schema, {"text": None, "texts": ["bad"]}) and _valid(schema, {"text": "good"})
 
 
-def test_openapi_handoff_headers_say_what_the_server_accepts(receivers):
+def test_openapi_handoff_says_what_the_server_accepts(receivers):
+    """The metadata travels in the body (no X-DIMEE-Meta parameter, and the header is not read); the body is a
+    binary message within max_body_bytes; the token is required and non-empty."""
     client = receivers["edge"]
-    parameters = {p["name"]: p for p in client.app.openapi()["paths"]["/v1/handoff"]["post"]["parameters"]}
-    meta, token = parameters["X-DIMEE-Meta"], parameters["X-DIMEE-Token"]
-    assert meta["required"] and token["required"] and not parameters["X-Request-ID"]["required"]
+    operation = client.app.openapi()["paths"]["/v1/handoff"]["post"]
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert set(parameters) == {"X-DIMEE-Token", "X-Request-ID"}
+    token = parameters["X-DIMEE-Token"]
+    assert token["required"] and not parameters["X-Request-ID"]["required"]
     settings = client.app.state.service.settings
-    body, good_meta = _post_parts()
+    schema = operation["requestBody"]["content"][CONTENT_TYPE]["schema"]
+    assert schema["format"] == "binary" and schema["maxLength"] == settings.max_body_bytes
+    message, payload = _post_parts()
+    assert schema["minLength"] <= len(message) <= schema["maxLength"]
     headers = {"Content-Type": CONTENT_TYPE, "X-DIMEE-Token": TOKEN}
-    for value in ("", "{", "x" * (settings.max_meta_bytes + 1), good_meta):
-        served = client.post("/v1/handoff", content=body, headers={**headers, "X-DIMEE-Meta": value}).status_code
-        assert served == 200 or 400 <= served < 500
-        if served != 200:  # what the schema lets through may still be refused, but never the reverse
-            assert value == "{" or not _valid(meta["schema"], value)
-        else:
-            assert _valid(meta["schema"], value)
-    assert not _valid(meta["schema"], "") and meta["schema"]["contentMediaType"] == "application/json"
-    content, model = meta["schema"]["contentSchema"], HandoffMeta.model_json_schema()
-    assert content["required"] == model["required"] and set(content["properties"]) == set(model["properties"])
-    assert content["additionalProperties"] is False
-    assert meta["schema"]["maxLength"] == settings.max_meta_bytes
+    assert client.post("/v1/handoff", content=message, headers=headers).status_code == 200
+    old_style = {**headers, "X-DIMEE-Meta": '{"v": 1}'}  # the format before the metadata moved into the body
+    refused = client.post("/v1/handoff", content=payload, headers=old_style)
+    assert refused.status_code == 400 and "metadata section" in refused.json()["detail"]
     assert not _valid(token["schema"], "")
-    assert client.post("/v1/handoff", content=body, headers={**headers, "X-DIMEE-Token": "",
-                                                             "X-DIMEE-Meta": good_meta}).status_code == 401
+    assert client.post("/v1/handoff", content=message, headers={**headers, "X-DIMEE-Token": ""}).status_code == 401
 
 
 # ---- 5. degraded answers carry a documented reason code, never an exception's text ---------------------------
@@ -413,7 +411,7 @@ def test_degraded_reasons_are_stable_codes_without_internals(run_dir, monkeypatc
         assert [(p["degraded"], p["degraded_reason"]) for p in predictions] == [(True, code)] * 2
         for leak in ("Error", "secret-detail", "Traceback", "/srv/"):
             assert leak not in response.text, (code, leak)
-        assert f'dimee_degraded_total{{reason="{code}",service="mobile"}} 2' in metrics
+        assert metric_value(metrics, "dimee_degraded_total", reason=code, service="mobile") == 2
     from services.schemas import DEGRADED_REASONS
 
     assert set(cases) <= set(DEGRADED_REASONS)
@@ -434,3 +432,20 @@ def test_degraded_reason_codes_are_in_the_schema_and_documented():
     with pytest.raises(ValidationError):  # a next tier's free-text reason is not a reason
         Answer(label=0, label_name="x", probabilities=[1.0, 0.0], exit=2, tier="edge", degraded=True,
                degraded_reason="cloud tier failed: ConnectError")  # fmt: skip
+
+
+def test_readyz_names_the_reason_codes_not_exception_names(run_dir):
+    """/readyz says why a next tier is not usable with the degraded_reason codes (issue 14.7)."""
+    from services.launch import free_port
+    from services.schemas import DEGRADED_REASONS
+
+    settings = TierSettings(
+        run_dir=run_dir, tier="mobile", next_url=f"http://127.0.0.1:{free_port()}", handoff_token=TOKEN, batch_window_ms=1
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 503 and not body["ready"]
+    assert (body["edge_tier"], body["cloud_tier"]) == ("next_tier_unreachable", "next_tier_not_configured")
+    assert {body["edge_tier"], body["cloud_tier"]} <= set(DEGRADED_REASONS)
+    assert "Error" not in response.text

@@ -4,7 +4,9 @@ policy loading, metrics. No subprocesses; a tiny random-init run folder."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import struct
 import re
 import threading
 import time
@@ -20,8 +22,8 @@ from services import HandoffMeta, MicroBatcher, PolicyLoadError, ThresholdPolicy
 from services.batching import chunked
 from services.engine import TierEngine, TokenSample
 from services.policy import load_policy, read_temperatures, softmax
-from tests.factories import JsonHandler, tiny_run_folder
-from tiers import CONTENT_TYPE, EarlyExitModel, TierPlan, encode_handoff
+from tests.factories import JsonHandler, metric_value, tiny_run_folder
+from tiers import CONTENT_TYPE, EarlyExitModel, TierPlan, encode_handoff, encode_meta, meta_size
 
 TOKEN = "test-token-0123456789abcdef"
 HIDDEN = 32  # tiny_bert_config's hidden size
@@ -67,13 +69,22 @@ def _handoff_parts(counts=(5, 3), hidden=HIDDEN, next_layer=3, encoding="fp32", 
     return body, meta
 
 
-def _handoff_headers(meta: HandoffMeta | str | None, token: str | None = TOKEN, content_type: str = CONTENT_TYPE):
+def _message(payload: bytes, meta: HandoffMeta | None) -> bytes:
+    """The handoff body: the codec's metadata section, then the payload (a bare payload when meta is None)."""
+    return payload if meta is None else encode_meta(meta) + payload
+
+
+def _handoff_headers(token: str | None = TOKEN, content_type: str = CONTENT_TYPE):
     headers = {"Content-Type": content_type}
     if token is not None:
         headers["X-DIMEE-Token"] = token
-    if meta is not None:
-        headers["X-DIMEE-Meta"] = meta if isinstance(meta, str) else meta.model_dump_json()
     return headers
+
+
+def _patched(raw: bytes, offset: int, fmt: str, value) -> bytes:
+    out = bytearray(raw)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
 
 
 # ---- mobile: bad input is a 4xx with a reason ------------------------------------------------------------
@@ -91,7 +102,7 @@ BAD_CLASSIFY = {
     "two sources": (b'{"text": "good", "texts": ["bad"]}', "application/json", 422),
     "empty texts": (b'{"texts": []}', "application/json", 422),
     "pair on single task": (b'{"text": "good", "text_pair": "bad"}', "application/json", 422),
-    "lone surrogate": (b'{"text": "good \\ud800"}', "application/json", 422),
+    "lone surrogate": (b'{"text": "good \\ud800"}', "application/json", 400),  # orjson refuses it while parsing
     "bad force tier": (b'{"text": "good", "force_tier": "moon"}', "application/json", 422),
     "deep nesting": (b"[" * 3000, "application/json", 400),
     "form content type": (b"text=good", "application/x-www-form-urlencoded", 415),
@@ -143,10 +154,11 @@ def test_metrics_are_prometheus_text(mobile):
     sample = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"]*",?)*\})? -?[0-9.e+Inf-]+$')
     for line in text.splitlines():
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
-    assert 'dimee_requests_total{endpoint="/v1/classify",status="200",service="mobile"}' in text
-    assert 'dimee_request_duration_seconds_bucket{endpoint="/v1/classify",service="mobile",le="+Inf"}' in text
-    assert re.search(r'dimee_degraded_total\{reason="next_tier_not_configured",service="mobile"\} [1-9]', text)
-    assert re.search(r'dimee_answers_total\{tier="mobile",exit="2",degraded="true",service="mobile"\} [1-9]', text)
+    assert metric_value(text, "dimee_requests_total", endpoint="/v1/classify", status="200", service="mobile") >= 1
+    assert metric_value(text, "dimee_request_duration_seconds_bucket", endpoint="/v1/classify", le="+Inf") >= 1
+    assert metric_value(text, "dimee_degraded_total", reason="next_tier_not_configured", service="mobile") >= 1
+    assert metric_value(text, "dimee_answers_total", tier="mobile", exit="2", degraded="true", service="mobile") >= 1
+    assert metric_value(text, "process_resident_memory_bytes") > 0  # the process metrics
 
 
 def test_readyz_and_openapi(mobile, edge):
@@ -163,17 +175,17 @@ def test_readyz_and_openapi(mobile, edge):
 @pytest.mark.parametrize("encoding", ["fp32", "fp16"])
 def test_valid_handoff_is_answered(edge, encoding):
     body, meta = _handoff_parts(encoding=encoding)
-    forced = meta.model_copy(update={"force_tier": "edge"})
-    response = edge.post("/v1/handoff", content=body, headers=_handoff_headers(forced))
+    forced = dataclasses.replace(meta, force_tier="edge")
+    response = edge.post("/v1/handoff", content=_message(body, forced), headers=_handoff_headers())
     assert response.status_code == 200, response.text
     answers = response.json()["answers"]
     assert [(a["tier"], a["exit"], a["degraded"]) for a in answers] == [("edge", 4, False)] * 2
     # not forced: the policy hands off, there is no cloud configured, so edge answers degraded at its last exit
-    unforced = edge.post("/v1/handoff", content=body, headers=_handoff_headers(meta)).json()["answers"]
+    unforced = edge.post("/v1/handoff", content=_message(body, meta), headers=_handoff_headers()).json()["answers"]
     assert all(a["degraded"] and a["exit"] == 4 for a in unforced)
 
 
-def test_handoff_groups_keep_the_meta_header_small(mobile):
+def test_handoff_groups_keep_the_metadata_section_small(mobile):
     from services.tier import _Batch
     from tiers import SegmentResult
 
@@ -186,34 +198,37 @@ def test_handoff_groups_keep_the_meta_header_small(mobile):
 
     members = list(range(200))
     assert service._handoff_group_size(batch(None), members, 2) == service.settings.max_texts  # limited by max_texts
-    service.policy_features = True  # a policy fitted on wide routing features: ~22 KB of base64 per sample
+    service.policy_features = True  # a policy fitted on wide routing features: ~16 KB of float32 per sample
     try:
         size = service._handoff_group_size(batch(4096), members, 2)
     finally:
         service.policy_features = False
-    assert size >= 1 and size * (4 * 4 * (4 + 4096) // 3) <= service.settings.max_meta_bytes
+    assert size >= 1 and meta_size(size, 2, 2, 4096) <= service.settings.max_meta_bytes < meta_size(size + 1, 2, 2, 4096)
 
 
 def _bad_handoffs():
-    body, meta = _handoff_parts()
+    payload, meta = _handoff_parts()
+    body = _message(payload, meta)
+    headers = _handoff_headers()
     cases = {
-        "missing token": (body, _handoff_headers(meta, token=None), 401),
-        "wrong token": (body, _handoff_headers(meta, token=TOKEN + "x"), 403),
-        "wrong content type": (body, _handoff_headers(meta, content_type="application/octet-stream"), 415),
-        "missing meta": (body, _handoff_headers(None), 400),
-        "meta not json": (body, _handoff_headers("{not json"), 400),
-        "meta extra field": (body, _handoff_headers(meta.model_dump_json()[:-1] + ', "x": 1}'), 400),
-        "garbage body": (b"\x00" * 64, _handoff_headers(meta), 400),
-        "empty body": (b"", _handoff_headers(meta), 400),
-        "truncated body": (body[:-7], _handoff_headers(meta), 400),
-        "wrong hidden size": (_handoff_parts(hidden=16)[0], _handoff_headers(meta), 400),
-        "boundary not accepted": (_handoff_parts(next_layer=5)[0], _handoff_headers(meta), 422),
-        "encoding not accepted": (_handoff_parts(encoding="int8")[0], _handoff_headers(meta), 400),
-        "meta count mismatch": (_handoff_parts(counts=(4, 4, 4))[0], _handoff_headers(meta), 422),
-        "meta prior exits mismatch": (body, _handoff_headers(_handoff_parts(prior_exits=3)[1]), 422),
-        "meta logits not base64": (body, _handoff_headers(meta.model_copy(update={"prior_logits": "!!"})), 400),
-        "oversized body": (b"\x00" * (80 * 1024), _handoff_headers(meta), 413),
-        "oversized meta": (body, _handoff_headers("x" * (70 * 1024)), 431),
+        "missing token": (body, _handoff_headers(token=None), 401),
+        "wrong token": (body, _handoff_headers(token=TOKEN + "x"), 403),
+        "wrong content type": (body, _handoff_headers(content_type="application/octet-stream"), 415),
+        "missing metadata (bare payload)": (payload, headers, 400),
+        "metadata garbage": (b"DMMD" + b"\x07" * 60 + payload, headers, 400),
+        "metadata version": (_patched(body, 4, "<B", 9), headers, 400),
+        "metadata budget not finite": (_patched(body, 8, "<d", float("inf")), headers, 400),
+        "metadata logits not finite": (_patched(body, 36, "<f", float("nan")), headers, 400),
+        "garbage body": (b"\x00" * 64, headers, 400),
+        "empty body": (b"", headers, 400),
+        "truncated body": (body[:-7], headers, 400),
+        "wrong hidden size": (_message(_handoff_parts(hidden=16)[0], meta), headers, 400),
+        "boundary not accepted": (_message(*_handoff_parts(next_layer=5, prior_exits=4)), headers, 422),
+        "encoding not accepted": (_message(_handoff_parts(encoding="int8")[0], meta), headers, 400),
+        "meta count mismatch": (_message(_handoff_parts(counts=(4, 4, 4))[0], meta), headers, 400),
+        "meta prior exits mismatch": (_message(payload, _handoff_parts(prior_exits=3)[1]), headers, 422),
+        "oversized body": (b"\x00" * (80 * 1024), headers, 413),
+        "oversized metadata": (_patched(body, 32, "<I", 70 * 1024), headers, 400),
     }
     return cases
 
@@ -231,11 +246,10 @@ def test_bad_handoffs_get_4xx_with_reason(edge, case):
 
 
 def test_oversized_chunked_body_is_cut_off_while_streaming(edge):
-    _, meta = _handoff_parts()
     chunks = (b"\x00" * 16 * 1024 for _ in range(10))  # no Content-Length: sent chunked
-    response = edge.post("/v1/handoff", content=chunks, headers=_handoff_headers(meta))
+    response = edge.post("/v1/handoff", content=chunks, headers=_handoff_headers())
     assert response.status_code == 413
-    assert edge.post("/v1/handoff", content=_handoff_parts()[0], headers=_handoff_headers(meta)).status_code == 200
+    assert edge.post("/v1/handoff", content=_message(*_handoff_parts()), headers=_handoff_headers()).status_code == 200
 
 
 def test_settings_refuse_edge_without_token(run_dir):

@@ -32,7 +32,7 @@ from clustering.profiles import exit_scores
 from services import HandoffMeta, HandoffResponse, PolicyLoadError, TierSettings, create_app
 from services.policy import ThresholdPolicy as BuiltInThreshold
 from services.policy import forced_actions, load_policy
-from tests.factories import tiny_run_folder, tiny_tokenizer
+from tests.factories import metric_value, tiny_run_folder, tiny_tokenizer
 from tiers import (
     CONTENT_TYPE,
     CONTINUE,
@@ -42,7 +42,9 @@ from tiers import (
     CostModel,
     EarlyExitModel,
     TierPlan,
+    decode_meta,
     encode_handoff,
+    encode_meta,
     encode_tokens,
     hop_payload_size,
     load_tier_part,
@@ -173,9 +175,9 @@ def _three_tiers(run: Path, **mobile_extra):
         targets = {EDGE_URL: edge, CLOUD_URL: cloud}
         sent: list[tuple[str, str, HandoffMeta, int]] = []
 
-        async def post(client, base_url, token, request_id, body, meta, timeout_s, expected, content_type=CONTENT_TYPE):
-            sent.append((base_url, content_type, meta, len(body)))
-            headers = {"Content-Type": content_type, "X-DIMEE-Token": token, "X-DIMEE-Meta": meta.model_dump_json()}
+        async def post(client, base_url, token, request_id, body, timeout_s, expected, content_type=CONTENT_TYPE):
+            sent.append((base_url, content_type, decode_meta(body)[0], len(body)))
+            headers = {"Content-Type": content_type, "X-DIMEE-Token": token}
             response = await asyncio.to_thread(targets[base_url].post, "/v1/handoff", content=body, headers=headers)
             assert response.status_code == 200, response.text
             return HandoffResponse.model_validate_json(response.content), 1.0
@@ -395,8 +397,8 @@ def receivers(run_dir):
 
 def _post(client, body: bytes, content_type: str, prior_exits: int, n: int = 1, force: str | None = None):
     meta = HandoffMeta.build(np.zeros((n, prior_exits, 2), np.float32), budget_ms=5000, force_tier=force)
-    headers = {"Content-Type": content_type, "X-DIMEE-Token": TOKEN, "X-DIMEE-Meta": meta.model_dump_json()}
-    return client.post("/v1/handoff", content=body, headers=headers)
+    headers = {"Content-Type": content_type, "X-DIMEE-Token": TOKEN}
+    return client.post("/v1/handoff", content=encode_meta(meta) + body, headers=headers)
 
 
 def _states(boundary: int, counts=(5, 3)) -> bytes:
@@ -532,7 +534,8 @@ def test_answers_that_do_not_fit_the_handoff_are_refused(run_dir, data, monkeypa
     samples are answered on mobile, degraded, never costed with a route that was not taken."""
     from services import Answer
 
-    async def liar(client, base_url, token, request_id, body, meta, timeout_s, expected, content_type=CONTENT_TYPE):
+    async def liar(client, base_url, token, request_id, body, timeout_s, expected, content_type=CONTENT_TYPE):
+        meta = decode_meta(body)[0]
         answer = Answer(
             label=0, label_name="negative", probabilities=[1.0, 0.0], exit=6, tier="cloud", degraded=False,
             route=["cloud@4"], depth=6,
@@ -550,4 +553,4 @@ def test_answers_that_do_not_fit_the_handoff_are_refused(run_dir, data, monkeypa
     for p in response.json()["predictions"]:
         assert (p["route"], p["exit"], p["degraded"]) == (["mobile@0"], 2, True)
         assert p["degraded_reason"] == "next_tier_bad_answer"
-    assert 'dimee_degraded_total{reason="next_tier_bad_answer",service="mobile"} 2' in metrics
+    assert metric_value(metrics, "dimee_degraded_total", reason="next_tier_bad_answer", service="mobile") == 2
