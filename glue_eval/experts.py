@@ -42,7 +42,7 @@ from tiers.experts import (
     load_experts,
     save_experts,
 )
-from tiers.model import attention_bias, encoder_layers, pool_hidden
+from tiers.model import encoder_layers, pool_hidden
 
 from .data import subset
 from .distortion import DISTORTIONS, check_distortion, check_severity, distort_texts, severity_schedule
@@ -214,11 +214,9 @@ def forward_states(
         mask = batch["attention_mask"]
         hidden = model.embed(batch["input_ids"], batch["token_type_ids"])
         embedding[rows] = pool_hidden(hidden, mask, "mean").float().cpu().numpy()
-        bias = attention_bias(model.config, hidden, mask)
+        inputs = model.adapter.prepare(model.config, model.layer_extras(), hidden, mask)
         for i in range(upto):
-            hidden = layers[i](hidden, bias)
-            if isinstance(hidden, tuple):
-                hidden = hidden[0]
+            hidden = model.adapter.run_layer(layers[i], hidden, inputs)
             if i + 1 in slot:
                 pooled[rows, slot[i + 1]] = pool_hidden(hidden, mask, model.exit_config.pooling).float().cpu().numpy()
             if full:

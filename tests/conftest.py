@@ -43,6 +43,24 @@ def tiny_roberta_config(num_layers: int = 4, hidden: int = 32, vocab: int = 120)
     )
 
 
+def tiny_mpnet_config(num_layers: int = 4, hidden: int = 32, vocab: int = 120):
+    """MPNet: relative position bias between layers (pad id 1, as the real all-mpnet-base-v2)."""
+    from transformers import MPNetConfig
+
+    return MPNetConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=70,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        relative_attention_num_buckets=32,
+        pad_token_id=1,
+    )
+
+
 def random_batch(batch: int, seq: int, vocab: int, seed: int = 0):
     """Token ids with right padding of varied lengths (first sample full length)."""
     gen = torch.Generator().manual_seed(seed)
@@ -52,6 +70,18 @@ def random_batch(batch: int, seq: int, vocab: int, seed: int = 0):
     mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
     ids = ids * mask  # pad id 0 beyond each length
     return ids, mask
+
+
+@pytest.fixture(scope="session")
+def mpnet_encoder_path():
+    """Folder of the 12-layer all-mpnet-base-v2 unpacked by scripts/setup_mpnet.sh (skipped when absent)."""
+    from tiers.encoders import check_mpnet_folder
+    from tiers.errors import CheckpointError
+
+    try:
+        return check_mpnet_folder()
+    except CheckpointError as err:
+        pytest.skip(f"12-layer encoder not installed: {err}")
 
 
 @pytest.fixture(scope="session")

@@ -45,9 +45,19 @@ _EXPORTS: dict[str, str] = {
     "EarlyExitModel": "model",
     "ExitConfig": "model",
     "ExitHead": "model",
-    "OFFLINE_ENCODER": "model",
     "read_exit_config": "model",
-    "resolve_encoder": "model",
+    "LayerAdapter": "arch",
+    "UnsupportedArchitectureError": "arch",
+    "adapter_for": "arch",
+    "supported_model_types": "arch",
+    "MPNET_DIR_ENV": "encoders",
+    "MPNET_OFFLINE": "encoders",
+    "ModelInstallError": "encoders",
+    "OFFLINE_ENCODER": "encoders",
+    "check_mpnet_folder": "encoders",
+    "install_mpnet": "encoders",
+    "mpnet_dir": "encoders",
+    "resolve_encoder": "encoders",
     "TIERS": "plan",
     "TierPlan": "plan",
     "TierPlanError": "plan",
@@ -94,7 +104,9 @@ if TYPE_CHECKING:  # static tools see the eager imports
     from .channel import Channel, ChannelError, TransmissionOutcome, add_awgn, measured_snr_db, signal_power  # noqa: F401
     from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, HandoffMeta, TOKENS_CONTENT_TYPE, TokenBatch, decode_handoff, decode_hidden_message, decode_meta, decode_token_message, decode_tokens, encode_handoff, encode_hidden_message, encode_meta, encode_token_message, encode_tokens, hop_payload_size, meta_size, payload_size, token_payload_size  # noqa: F401
     from .cost import CostModel, CostModelError, HOPS  # noqa: F401
-    from .model import CheckpointError, EarlyExitModel, ExitConfig, ExitHead, OFFLINE_ENCODER, read_exit_config, resolve_encoder  # noqa: F401
+    from .arch import LayerAdapter, UnsupportedArchitectureError, adapter_for, supported_model_types  # noqa: F401
+    from .encoders import MPNET_DIR_ENV, MPNET_OFFLINE, OFFLINE_ENCODER, ModelInstallError, check_mpnet_folder, install_mpnet, mpnet_dir, resolve_encoder  # noqa: F401
+    from .model import CheckpointError, EarlyExitModel, ExitConfig, ExitHead, read_exit_config  # noqa: F401
     from .plan import TIERS, TierPlan, TierPlanError, default_plan  # noqa: F401
     from .routes import CONTINUE, HANDOFF_CLOUD, HANDOFF_EDGE, Path, RouteError, Stop, chain_path, check_actions, enumerate_paths, exit_span, final_tier_index, handoff_action, handoff_target, path_label, path_stops, reference_path, run_segment  # noqa: F401
     from .run import CachedSplit, RunInfo, cached_splits, read_cached_split, read_run_info, write_cached_split, write_run_info  # noqa: F401

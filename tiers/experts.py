@@ -33,7 +33,6 @@ from .model import (
     CheckpointError,
     ExitConfig,
     ExitHead,
-    attention_bias,
     pool_hidden,
     read_encoder_config,
     read_exit_config,
@@ -220,7 +219,9 @@ def part_with_experts(part: TierPart, experts: ExpertExits | None, distortion: s
     if experts is None:
         raise ExpertError(f"expert exits for {distortion!r} were requested but no experts are loaded")
     exits = experts.exits_for(distortion, part.exits, part.first_layer)
-    return TierPart(part.tier, part.plan, part.config, part.layers, exits, part.embeddings, part.num_labels).eval()
+    return TierPart(
+        part.tier, part.plan, part.config, part.layers, exits, part.embeddings, part.num_labels, dict(part.extras)
+    ).eval()
 
 
 def with_experts(parts: dict[str, TierPart], experts: ExpertExits | None, distortion: str | None) -> dict[str, TierPart]:
@@ -252,13 +253,11 @@ def run_part(
     start = part.chain_first_layer if start is None else int(start)
     if len(part.layers) == 0 or start > part.last_layer:
         return part.run_hidden(hidden, attention_mask, start)
-    bias = attention_bias(part.config, hidden, attention_mask)
+    inputs = part.layer_inputs(hidden, attention_mask)
     logits = []
     for exit_index in range(start, part.last_layer + 1):
-        layer, head_std = part.layer(exit_index)
-        hidden = layer(hidden, bias)
-        if isinstance(hidden, tuple):
-            hidden = hidden[0]
+        _, head_std = part.layer(exit_index)
+        hidden = part.run_one_layer(exit_index, hidden, inputs)
         out = head_std(hidden, attention_mask)
         for t in kinds:
             head = experts.head(t, exit_index)

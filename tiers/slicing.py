@@ -1,8 +1,9 @@
 """Cut an early-exit model into mobile, edge and cloud parts that chain to the one-pass result.
 
 A part holds the layers and exits its tier may run (:meth:`TierPlan.held_range`: mobile 1..m; edge and cloud
-from their smallest accepted boundary + 1, so 1..e and 1..L in the default deployment) and the embeddings
-when it accepts token ids. Parts built from an in-memory
+from their smallest accepted boundary + 1, so 1..e and 1..L in the default deployment), the embeddings
+when it accepts token ids, and its architecture adapter's extras (MPNet: the relative-position-bias table, so
+that the bias is recomputed on each tier and the handoff stays hidden states + mask). Parts built from an in-memory
 model share its modules; `load_tier_part` builds one part from a checkpoint and reads only that part's
 weights from disk, which is what a tier service does.
 """
@@ -18,6 +19,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
+from .arch import LayerInputs, adapter_for
 from .model import (
     ENCODER_DIR,
     EXIT_WEIGHTS_FILE,
@@ -57,8 +59,11 @@ class TierPart(nn.Module):
         exits: nn.ModuleList,
         embeddings: nn.Module | None,
         num_labels: int,
+        extras: dict[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
+        self.adapter = adapter_for(config)
+        self.extras = nn.ModuleDict(extras or {})
         self.tier = tier
         self.num_labels = num_labels
         self.plan = plan
@@ -84,6 +89,15 @@ class TierPart(nn.Module):
             raise RuntimeError(f"the {self.tier} part holds layers {self.first_layer}..{self.last_layer}, not {index}")
         return self.layers[index - self.first_layer], self.exits[index - self.first_layer]
 
+    def layer_inputs(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> LayerInputs:
+        """What each layer takes besides the hidden state, for this padded batch (mask; MPNet: position bias)."""
+        return self.adapter.prepare(self.config, self.extras, hidden, attention_mask)
+
+    def run_one_layer(self, index: int, hidden: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
+        """Layer `index` (1-based, held by this part) on a padded batch; `inputs` from :meth:`layer_inputs`."""
+        layer, _ = self.layer(index)
+        return self.adapter.run_layer(layer, hidden, inputs)
+
     def run_from_ids(
         self,
         input_ids: torch.Tensor,
@@ -108,7 +122,7 @@ class TierPart(nn.Module):
         if offset < 0:
             raise RuntimeError(f"the {self.tier} part starts at layer {self.first_layer}, not {start}")
         hidden, logits = run_layer_range(
-            self.layers[offset:], self.exits[offset:], self.config, hidden, attention_mask
+            self.layers[offset:], self.exits[offset:], self.config, hidden, attention_mask, self.extras
         )
         return TierOutput(hidden, attention_mask, logits, start)
 
@@ -131,6 +145,7 @@ def slice_model(model: EarlyExitModel, plan: TierPlan) -> dict[str, TierPart]:
             nn.ModuleList(list(model.exits)[first - 1 : last]),
             model.encoder.embeddings if plan.holds_embeddings(tier) else None,
             model.num_labels,
+            model.layer_extras(),
         )
     return parts
 
@@ -199,9 +214,13 @@ def load_tier_part(folder: str | Path, plan: TierPlan, tier: str) -> TierPart:
     if plan.num_layers != skeleton_layers:
         raise TierPlanError(f"plan {plan.spec} was made for {plan.num_layers} layers but {folder} has {skeleton_layers}")
     first, last = plan.held_range(tier)
+    adapter = adapter_for(config)  # an unknown architecture: one clear error before any weight is read
     with torch.device("meta"):
         skeleton = AutoModel.from_config(config, add_pooling_layer=False)
     files = _encoder_weight_files(folder / ENCODER_DIR)
+    extras = {
+        name: _materialise(module, adapter.extras_prefix(), files) for name, module in adapter.extras(skeleton).items()
+    }
     meta_layers = encoder_layers(skeleton)
     layers = nn.ModuleList(
         _materialise(meta_layers[i - 1], f"encoder.layer.{i - 1}.", files) for i in range(first, last + 1)
@@ -219,4 +238,4 @@ def load_tier_part(folder: str | Path, plan: TierPlan, tier: str) -> TierPart:
         head = ExitHead(int(config.hidden_size), exit_config)
         head.load_state_dict(_strip(f"{i - 1}.", _read_tensors(exit_files, [f"{i - 1}.{k}" for k in head.state_dict()])))
         exits.append(head)
-    return TierPart(tier, plan, config, layers, exits, embeddings, exit_config.num_labels).eval()
+    return TierPart(tier, plan, config, layers, exits, embeddings, exit_config.num_labels, extras).eval()
