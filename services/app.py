@@ -239,7 +239,11 @@ def _add_classify(app: FastAPI, service: TierService) -> None:
             raise InputError(400, f"body is not valid JSON ({str(err)[:200]})") from err
         if not isinstance(payload, dict):
             raise InputError(422, "body must be a JSON object such as {\"text\": \"...\"}")
-        return JsonAnswer(await service.classify(payload, current_request_id()))
+        service.enter()
+        try:
+            return JsonAnswer(await service.classify(payload, current_request_id()))
+        finally:
+            service.leave()
 
 
 def _add_handoff(app: FastAPI, service: TierService) -> None:
@@ -299,5 +303,9 @@ def _add_handoff(app: FastAPI, service: TierService) -> None:
         check_token(request, settings.token)
         media = check_content_type(request, (CONTENT_TYPE, TOKENS_CONTENT_TYPE))
         body = await read_body(request, settings.max_body_bytes)
-        answers, server_ms = await service.handoff(body, media, current_request_id(), start)
+        service.enter()
+        try:
+            answers, server_ms = await service.handoff(body, media, current_request_id(), start)
+        finally:
+            service.leave()
         return JsonAnswer(HandoffResponse(request_id=current_request_id(), server_ms=server_ms, answers=answers))

@@ -4,7 +4,10 @@ Each request submits its samples and awaits their results. The batcher waits at 
 oldest queued request arrived (less if `max_batch` samples are already queued), hands all queued requests'
 samples to `run_batch` in one call on a single worker thread, and gives each request back its own slice.
 While a forward pass runs, new requests queue up and form the next batch, so a busy tier batches more.
-The event loop never runs the model itself, so it keeps accepting connections and answering /healthz.
+The event loop runs the model itself only for a caller that says it is alone (`submit(..., inline=True)`: no
+other request in the tier, nothing queued, no forward pass running): then there is no company to wait for and the
+two thread hand-offs would only add latency; the pass is small (`TierSettings.inline_forward_max` samples).
+Otherwise the event loop never runs the model, so it keeps accepting connections and answering /healthz.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._full: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._running = False  # a forward pass is on the worker thread
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -82,12 +86,20 @@ class MicroBatcher(Generic[Item, Result]):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def submit(self, items: Sequence[Item]) -> list[Result]:
-        """Queue `items` for the next forward pass and wait for their results."""
+    async def submit(self, items: Sequence[Item], inline: bool = False) -> list[Result]:
+        """Queue `items` for the next forward pass and wait for their results. `inline`: the caller is the tier's
+        only request; if nothing is queued or running either, the pass runs right here on the event loop."""
         if self._task is None or self._wakeup is None or self._full is None:
             raise BatcherClosed("the batcher is not running")
         if not items:
             return []
+        if inline and not self._jobs and not self._running:
+            if self._on_batch is not None:
+                self._on_batch(len(items))
+            results = self._run_batch(list(items))
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+            return results
         job: _Job = _Job(items, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._queued += len(items)
@@ -117,6 +129,7 @@ class MicroBatcher(Generic[Item, Result]):
             items = [item for job in jobs for item in job.items]
             if self._on_batch is not None:
                 self._on_batch(len(items))
+            self._running = True
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, items)
                 if len(results) != len(items):
@@ -127,6 +140,8 @@ class MicroBatcher(Generic[Item, Result]):
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
+            finally:
+                self._running = False
             start = 0
             for job in jobs:
                 end = start + len(job.items)

@@ -50,6 +50,8 @@ MIN_HANDOFF_BUDGET_S = 0.02
 #: Share of the time left that a tier waits for the next one; the rest is its margin to answer locally.
 #: The next tier gets the same share of that wait as its own budget, so deadlines nest hop by hop.
 WAIT_SHARE = 0.9
+#: Hidden states of at most this many values (tokens x hidden) are encoded on the event loop, not in a thread.
+INLINE_ENCODE_VALUES = 64 * 1024
 MAX_BUDGET_MS = 3_600_000.0  # tiers.codec.MAX_BUDGET_MS: HandoffMeta's upper bound
 
 
@@ -286,7 +288,11 @@ class TierRelay:
             content_type = TOKENS_CONTENT_TYPE
         else:
             states = [r.hidden for r in results]
-            payload = await asyncio.to_thread(self._encode, states, self.settings.handoff_encoding, boundary)
+            encoding = self.settings.handoff_encoding
+            if sum(int(state.shape[0]) for state in states) * self.engine.hidden_size <= INLINE_ENCODE_VALUES:
+                payload = self._encode(states, encoding, boundary)  # small: a thread hand-off costs more
+            else:
+                payload = await asyncio.to_thread(self._encode, states, encoding, boundary)
             content_type = CONTENT_TYPE
         kinds = None if batch.distortions is None else [batch.distortions[i] for i in group]
         features = None

@@ -75,6 +75,16 @@ class TierSettings(BaseSettings):
 
     batch_window_ms: float = Field(default=5.0, ge=0, description="how long a forward pass waits for company")
     max_batch_size: int = Field(default=32, ge=1, description="most samples in one forward pass")
+    inline_forward_max: int = Field(
+        default=1,
+        ge=0,
+        description="a request of at most this many samples that finds the tier idle (no other request, nothing "
+        "queued, no forward pass running, none for inline_idle_ms before) runs its forward pass on the event loop, "
+        "without the batch window and the worker thread's two hand-offs; 0 = always through the batcher's thread",
+    )
+    inline_idle_ms: float = Field(
+        default=2.0, ge=0, description="how long a tier must have been idle for inline_forward_max to apply"
+    )
 
     max_body_bytes: int = Field(default=32 * 2**20, ge=1024, description="largest handoff body accepted")
     max_json_bytes: int = Field(default=2**20, ge=1024, description="largest JSON body accepted by /v1/classify")

@@ -21,7 +21,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
@@ -41,7 +40,7 @@ from tiers.experts import CLEAN, DETECTOR_FILE, EXPERTS_DIR, ExpertError, expert
 
 from .batching import MicroBatcher, chunked
 from .engine import TierEngine
-from .handoff import InputError, make_client
+from .handoff import HandoffClient, InputError, make_client
 from .inputs import TierInputs
 from .metrics import ServiceMetrics
 from .policy import ThresholdPolicy, forced_actions, load_policy, read_temperatures, wants_features
@@ -52,6 +51,8 @@ from .settings import TierSettings
 __all__ = ["TierService", "parse_stop"]  # parse_stop lives in services.relay; imported from here too
 
 log = logging.getLogger("services.tier")
+#: At most this many texts (and 4096 characters) are tokenised on the event loop instead of a worker thread.
+INLINE_TOKENIZE_TEXTS = 8
 
 
 class TierService(TierInputs, TierRelay):
@@ -98,7 +99,10 @@ class TierService(TierInputs, TierRelay):
         self._tokenizer_lock = threading.Lock()
         self.engine: TierEngine | None = None
         self.batcher: MicroBatcher | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.active = 0  # requests inside classify / handoff right now (event loop only): enter / leave
+        self.last_done = 0.0  # perf_counter when the last of them left
+        self.idle_before_s = 0.0  # how long the tier had been idle when the latest request entered
+        self.client: HandoffClient | None = None
         # Simulated link towards the next tiers (noise on what leaves this tier; air time, loss, retransmission).
         self.channel: Channel | None = None
         if settings.channel_rate_bps is not None or settings.channel_snr_db is not None:
@@ -230,21 +234,30 @@ class TierService(TierInputs, TierRelay):
             if not url or self.client is None:
                 checks[key] = "next_tier_not_configured"
                 continue
-            try:
-                response = await self.client.get(f"{url}/healthz", timeout=self.settings.readiness_timeout_s)
-                ok = response.status_code == 200
-                checks[key] = "reachable" if ok else "next_tier_error"
-                if not ok:
-                    log.warning("readiness: %s tier's /healthz answered %d", target, response.status_code)
-            except httpx.TimeoutException:
-                ok = False
-                checks[key] = "next_tier_timeout"
-            except httpx.HTTPError as err:
-                ok = False
-                checks[key] = "next_tier_unreachable"
-                log.info("readiness: %s tier unreachable (%s: %s)", target, type(err).__name__, err)
+            checks[key] = await self.client.probe(f"{url}/healthz", self.settings.readiness_timeout_s)
+            ok = checks[key] == "reachable"
             ready = ready and ok
         return ready, checks
+
+    def enter(self) -> None:
+        """A request enters classify / handoff (`services.app` brackets each with enter / leave)."""
+        now = time.perf_counter()
+        self.idle_before_s = now - self.last_done if self.active == 0 else 0.0
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        self.last_done = time.perf_counter()
+
+    def _alone(self, items: list) -> bool:
+        """Whether this request may run its forward pass on the event loop: small, the tier's only request, and
+        the tier was idle before it came (at least inline_idle_ms since the last request left: under load the
+        next request arrives right away, and goes through the batcher, which batches)."""
+        return (
+            self.active <= 1
+            and len(items) <= self.settings.inline_forward_max
+            and self.idle_before_s * 1000 >= self.settings.inline_idle_ms
+        )
 
     def _require_batcher(self) -> MicroBatcher:
         if self.batcher is None or self.engine is None:
@@ -312,7 +325,9 @@ class TierService(TierInputs, TierRelay):
         deadline = start + self.settings.request_timeout_s
         batcher = self._require_batcher()
         texts, pairs, force = self.parse_inputs(payload)
-        tokens = await asyncio.to_thread(self._tokenize, texts, pairs)
+        # a few short texts are tokenised on the event loop: a worker thread's hand-off costs more than that
+        small = len(texts) <= INLINE_TOKENIZE_TEXTS and sum(map(len, texts)) + sum(map(len, pairs or [])) <= 4096
+        tokens = self._tokenize(texts, pairs) if small else await asyncio.to_thread(self._tokenize, texts, pairs)
         distortions = None
         if self.detector is not None:
             distortions = await asyncio.to_thread(self._detect, texts, pairs)
@@ -325,7 +340,7 @@ class TierService(TierInputs, TierRelay):
             )
             for i, token in enumerate(tokens)
         ]
-        results = await batcher.submit(items)
+        results = await batcher.submit(items, inline=self._alone(items))
         overflowed = self._non_finite(results)
         if overflowed:  # token ids cannot cause this: the run's weights are broken
             log.error("the forward pass produced NaN or infinity for text(s) %s; check the run's weights", overflowed)
@@ -364,7 +379,7 @@ class TierService(TierInputs, TierRelay):
         size = len(samples)
         items = [_Item(sample, meta.force_tier) for sample in samples]
         deadline = start + min(self.settings.request_timeout_s, meta.budget_ms / 1000)
-        results = await batcher.submit(items)
+        results = await batcher.submit(items, inline=self._alone(items))
         overflowed = self._non_finite(results)
         if overflowed:
             raise InputError(
