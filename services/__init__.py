@@ -16,42 +16,64 @@ the specifics are logged by that tier with the request id, never put in the answ
     next_tier_bad_answer      the next tier's answer was malformed or did not fit the handoff
     link_lost                 the simulated link lost a packet beyond its retransmission limit
     handoff_failed            the handoff failed inside this tier (a bug: see its log)
+
+Names are imported on first use (PEP 562), so that `services.policy`, `services.schemas`, `services.handoff` and
+`services.device` (the ONNX mobile client) load without torch; `from services import start_all` works as before.
 """
 
-from .app import create_app
-from .batching import MicroBatcher
-from .engine import TierEngine
-from .launch import TierGroup, TierProcess, serve_tier, start_all
-from .policy import PolicyLoadError, ThresholdPolicy, load_policy, read_temperatures
-from .schemas import (
-    Answer,
-    ClassifyRequest,
-    ClassifyResponse,
-    CostReport,
-    HandoffMeta,
-    HandoffResponse,
-    Prediction,
-)
-from .settings import TierSettings
+from __future__ import annotations
 
-__all__ = [
-    "Answer",
-    "ClassifyRequest",
-    "ClassifyResponse",
-    "CostReport",
-    "HandoffMeta",
-    "HandoffResponse",
-    "MicroBatcher",
-    "PolicyLoadError",
-    "Prediction",
-    "ThresholdPolicy",
-    "TierEngine",
-    "TierGroup",
-    "TierProcess",
-    "TierSettings",
-    "create_app",
-    "load_policy",
-    "read_temperatures",
-    "serve_tier",
-    "start_all",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "create_app": "app",
+    "MicroBatcher": "batching",
+    "TierEngine": "engine",
+    "TierGroup": "launch",
+    "TierProcess": "launch",
+    "serve_tier": "launch",
+    "start_all": "launch",
+    "PolicyLoadError": "policy",
+    "ThresholdPolicy": "policy",
+    "load_policy": "policy",
+    "read_temperatures": "policy",
+    "Answer": "schemas",
+    "ClassifyRequest": "schemas",
+    "ClassifyResponse": "schemas",
+    "CostReport": "schemas",
+    "HandoffMeta": "schemas",
+    "HandoffResponse": "schemas",
+    "Prediction": "schemas",
+    "TierSettings": "settings",
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .app import create_app  # noqa: F401
+    from .batching import MicroBatcher  # noqa: F401
+    from .engine import TierEngine  # noqa: F401
+    from .launch import TierGroup, TierProcess, serve_tier, start_all  # noqa: F401
+    from .policy import PolicyLoadError, ThresholdPolicy, load_policy, read_temperatures  # noqa: F401
+    from .schemas import Answer, ClassifyRequest, ClassifyResponse, CostReport, HandoffMeta, HandoffResponse, Prediction  # noqa: F401
+    from .settings import TierSettings  # noqa: F401
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # a submodule: services.tier, services.app, ...
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

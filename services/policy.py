@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -113,6 +113,43 @@ class ThresholdPolicy:
 
     def describe(self) -> str:
         return f"built-in threshold {self.threshold:g} at each tier's last layer of the linear route"
+
+
+def policy_actions(
+    policy: TierPolicy,
+    fallback: ThresholdPolicy,
+    plan: TierPlan,
+    tier: str,
+    seen: np.ndarray,
+    depth: int,
+    features: np.ndarray | None = None,
+    on_error: Callable[[Exception], None] | None = None,
+) -> np.ndarray:
+    """The step actions of samples held at `tier` after layer `depth` (`seen`: their logits of exits 1..depth):
+    the policy's, validated by `tiers.check_actions`. Samples whose logits hold NaN or infinity get the built-in
+    rule's (the policy never sees them), and so does every sample when the policy fails (`on_error` is called
+    inside the except block, so it can log the traceback). The one decision a served tier and the device
+    client (`services.device`) make."""
+    seen = np.asarray(seen)
+    n = seen.shape[0]
+    actions = np.zeros(n, dtype=np.int64)
+    finite = np.isfinite(seen.reshape(n, -1)).all(axis=1)
+    good, bad = np.flatnonzero(finite), np.flatnonzero(~finite)
+    if good.size:
+        try:
+            raw = policy.step(seen[good], tier, depth, None if features is None else features[good])
+            chosen = check_actions(np.asarray(raw), plan, tier, depth)
+            if chosen.shape != (good.size,):
+                raise RouteError(f"policy returned {chosen.shape[0]} actions for {good.size} samples")
+            actions[good] = chosen
+        except Exception as err:  # noqa: BLE001 - a policy bug must not lose the request
+            if on_error is not None:
+                on_error(err)
+            actions[good] = fallback.step(seen[good], tier, depth)
+    if bad.size:
+        with np.errstate(invalid="ignore", over="ignore"):
+            actions[bad] = fallback.step(seen[bad], tier, depth)
+    return actions
 
 
 def forced_route(plan: TierPlan, tier: str) -> tuple[tuple, int]:

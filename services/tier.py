@@ -28,11 +28,9 @@ from clustering.detector import DetectorError, DistortionDetector
 from tiers import (
     TIERS,
     Channel,
-    RouteError,
     SegmentInput,
     SegmentResult,
     TierPlan,
-    check_actions,
     final_tier_index,
     read_run_info,
 )
@@ -43,7 +41,7 @@ from .engine import TierEngine
 from .handoff import HandoffClient, InputError, make_client
 from .inputs import TierInputs
 from .metrics import ServiceMetrics
-from .policy import ThresholdPolicy, forced_actions, load_policy, read_temperatures, wants_features
+from .policy import ThresholdPolicy, forced_actions, load_policy, policy_actions, read_temperatures, wants_features
 from .relay import TierRelay, _Batch, _Item, parse_stop
 from .schemas import Answer, ClassifyResponse
 from .settings import TierSettings
@@ -281,13 +279,7 @@ class TierService(TierInputs, TierRelay):
             if rows.size:
                 # A sample whose activations overflowed is refused after the segment (_check_finite); until it
                 # leaves, the built-in rule routes it, so that the policy never sees NaN or infinity.
-                finite = np.isfinite(seen[rows].reshape(rows.size, -1)).all(axis=1)
-                good, bad = rows[finite], rows[~finite]
-                if good.size:
-                    actions[good] = self._policy_step(seen[good], depth, None if feats is None else feats[good])
-                if bad.size:
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        actions[bad] = self.fallback_policy.step(seen[bad], self.tier, depth)
+                actions[rows] = self._policy_step(seen[rows], depth, None if feats is None else feats[rows])
             return actions
 
         return self.engine.run_segment([item.sample for item in items], decide)
@@ -305,19 +297,19 @@ class TierService(TierInputs, TierRelay):
         return bad
 
     def _policy_step(self, seen: np.ndarray, depth: int, features: np.ndarray | None) -> np.ndarray:
-        """The policy's actions at this depth (validated); the built-in rule if the policy fails."""
-        try:
-            raw = self.policy.step(seen, self.tier, depth, features if self.policy_features else None)
-            actions = check_actions(np.asarray(raw), self.plan, self.tier, depth)
-            if actions.shape != (seen.shape[0],):
-                raise RouteError(f"policy returned {actions.shape[0]} actions for {seen.shape[0]} samples")
-            return actions
-        except Exception:  # noqa: BLE001 - a policy bug must not lose the request
+        """The policy's actions at this depth (validated; `services.policy.policy_actions`, as the device client
+        decides); the built-in rule for non-finite logits and wherever the policy fails."""
+
+        def failed(_err: Exception) -> None:
             log.exception(
                 "policy %s failed at %s after layer %d; using the built-in rule", self.policy_name, self.tier, depth
             )
             self.metrics.policy_errors.inc()
-            return self.fallback_policy.step(seen, self.tier, depth)
+
+        features = features if self.policy_features else None
+        return policy_actions(
+            self.policy, self.fallback_policy, self.plan, self.tier, seen, depth, features, on_error=failed
+        )
 
     # ---- mobile: texts in --------------------------------------------------------------------------------
     async def classify(self, payload: dict, request_id: str) -> ClassifyResponse:

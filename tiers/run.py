@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .cost import CostModel
-from .model import CheckpointError
+from .errors import CheckpointError  # not .model: reading a run folder needs no torch
 from .plan import TierPlan
 
 RUN_FILE = "run.json"
