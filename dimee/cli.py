@@ -141,9 +141,9 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 def _register_subcommands() -> None:
     """Subcommands living in their own modules (imported lazily so `dimee --help` stays fast)."""
-    from dimee import calibrate_cli, experts_cli, models_cli, serve_cli, sweep_cli
+    from dimee import calibrate_cli, experts_cli, export_cli, models_cli, serve_cli, sweep_cli
 
-    for module in (serve_cli, sweep_cli, calibrate_cli, experts_cli, models_cli):
+    for module in (serve_cli, sweep_cli, calibrate_cli, experts_cli, models_cli, export_cli):
         if module.register not in SUBCOMMANDS:
             SUBCOMMANDS.append(module.register)
 
