@@ -278,3 +278,23 @@ def test_cli_export_in_a_subprocess(run_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith(f"wrote {out}: mobile.onnx") and "int8" in proc.stdout
     assert json.loads((out / DEVICE_FILE).read_text())["quantization"] == "int8"
+
+
+def test_device_command_line(device, tmp_path, capsys):
+    from services.device import main
+
+    assert main([str(device), "a good film", "boring"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["tier"] == "mobile" for line in lines)
+    assert main([str(tmp_path), "a good film"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not an exported device folder" in err[0]
+
+
+def test_export_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    from dimee.cli import main
+
+    assert main(["export", str(tmp_path / "missing"), "--output", str(tmp_path / "device")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is not a run folder" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
