@@ -404,6 +404,7 @@ def main() -> None:
         if args.profile_requests:
             print(f"  profiling {args.profile_requests} three-tier requests with py-spy", flush=True)
             report["linear"]["profile"] = profile_group(group, texts, args.profile_requests)
+            report["linear"]["profile_gil"] = profile_group(group, texts, args.profile_requests, gil=True)
 
     print("the run's policy: forced paths, throughput, edge stopped halfway", flush=True)
     with start_all(args.run_dir, env=base_env, log_dir=log_dir / "main", ready_timeout_s=180) as group, \

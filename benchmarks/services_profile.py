@@ -6,8 +6,9 @@ Used by `benchmarks/services_bench.py` (its profile phase); alone:
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/services_profile.py --run-dir runs/bench-sst2 --requests 300
 
-py-spy samples without instrumenting (the request path runs at full speed); idle threads are left out, so the
-shares are of the time some thread of that process was on the CPU (or waiting for the GIL).
+py-spy samples without instrumenting (the request path runs at full speed): every thread it does not find idle
+(waits it cannot tell from work, such as an event loop or a worker thread about to sleep, count too), or with
+`gil=True` only the thread holding the GIL (busy Python; torch kernels that release the GIL are under-counted).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tokenizer", ("(tokenizers/", "tokenization_utils")),
     ("forward pass (torch, the tier's layers and exits)", ("(torch/", "(transformers/", "(tiers/", "(services/engine.py)")),
     ("pydantic and JSON", ("(pydantic", "(json/", "(fastapi/encoders.py)", "(services/schemas.py)")),
-    ("HTTP client (httpx, httpcore)", ("(httpx/", "(httpcore/", "(h11/")),
+    ("HTTP client (aiohttp between tiers)", ("(aiohttp/", "(multidict/", "(yarl/", "(httpx/", "(httpcore/")),
     ("HTTP server (uvicorn, starlette, fastapi)", ("(uvicorn/protocols/", "(starlette/", "(fastapi/")),
     ("anyio (sockets and thread calls)", ("(anyio/",)),
     ("thread hand-offs (executor, futures)", ("(concurrent/futures/", "(asyncio/futures.py)", "(asyncio/threads.py)",
@@ -115,9 +116,10 @@ def _short(frame: str) -> str:
     return f"{name} ({path})"
 
 
-def profile_group(group, texts: list[str], requests: int, rate: int = 200, top: int = 12) -> dict:
+def profile_group(group, texts: list[str], requests: int, rate: int = 200, top: int = 12, gil: bool = False) -> dict:
     """Sample the three tiers of `group` (services.launch.TierGroup) while `requests` sequential one-text requests
-    are answered; returns the folded profile per tier and the request count and rate."""
+    are answered; returns the folded profile per tier and the request count and rate. `gil`: only samples of the
+    thread holding the GIL (busy Python), else every thread py-spy does not find idle."""
     spy = py_spy()
     if spy is None:
         return {"error": "py-spy is not installed (pip install py-spy)"}
@@ -126,7 +128,7 @@ def profile_group(group, texts: list[str], requests: int, rate: int = 200, top: 
     for tier, proc in group.processes.items():
         raw = out_dir / f"{tier}.txt"
         command = [spy, "record", "--pid", str(proc.process.pid), "--rate", str(rate), "--format", "raw",
-                   "--output", str(raw), "--nonblocking"]  # fmt: skip
+                   "--output", str(raw), "--nonblocking", *(["--gil"] if gil else [])]  # fmt: skip
         samplers[tier] = (subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), raw)
     time.sleep(1.0)  # py-spy attaches
     start = time.perf_counter()
@@ -136,7 +138,7 @@ def profile_group(group, texts: list[str], requests: int, rate: int = 200, top: 
             client.post_json(f"{group.mobile_url}/v1/classify", {"texts": [texts[i % len(texts)]]})
             sent += 1
     elapsed = time.perf_counter() - start
-    out: dict = {"requests": sent, "seconds": elapsed, "rate_hz": rate, "tiers": {}}
+    out: dict = {"requests": sent, "seconds": elapsed, "rate_hz": rate, "gil": gil, "tiers": {}}
     for tier, (sampler, raw) in samplers.items():
         sampler.send_signal(2)  # SIGINT: py-spy writes its file and exits
         try:
@@ -155,9 +157,15 @@ def render(profile: dict) -> list[str]:
     """Markdown: per tier, the top functions by own samples and by inclusive samples."""
     if "error" in profile:
         return [f"Profile not taken: {profile['error']}."]
+    what = (
+        "samples of the thread holding the GIL (`py-spy --gil`: busy Python; torch kernels that release the GIL "
+        "are under-counted)"
+        if profile.get("gil")
+        else "non-idle samples of every thread (py-spy's default; some waits count as busy)"
+    )
     lines = [
-        f"py-spy, {profile['rate_hz']} Hz, {profile['requests']} sequential one-text requests on the linear route "
-        f"in {profile['seconds']:.1f} s; shares of each process's non-idle samples.",
+        f"py-spy record --nonblocking, {profile['rate_hz']} Hz, {profile['requests']} sequential one-text requests on "
+        f"the linear route in {profile['seconds']:.1f} s; shares of each process's {what}.",
         "",
     ]
     tiers = [t for t in ("mobile", "edge", "cloud") if t in profile["tiers"] and "error" not in profile["tiers"][t]]
@@ -188,6 +196,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("/work/shared/glue/sst2/validation.jsonl"))
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     p.add_argument("--out", type=Path, default=None, help="write the folded profile as JSON here")
     args = p.parse_args()
     texts = [json.loads(line)["sentence"] for line in args.data.read_text().splitlines()[: args.requests] if line]
@@ -196,7 +205,7 @@ def main() -> None:
         with httpx.Client(timeout=60, trust_env=False) as client:
             for text in texts[: args.warmup]:
                 client.post(f"{group.mobile_url}/v1/classify", json={"texts": [text]}).raise_for_status()
-        profile = profile_group(group, texts, args.requests)
+        profile = profile_group(group, texts, args.requests, gil=args.gil)
     if args.out:
         args.out.write_text(json.dumps(profile, indent=2) + "\n")
     print("\n".join(render(profile)))

@@ -160,9 +160,11 @@ def render_md(report: dict) -> str:
                 f"| {h['extra_bytes_per_text_p50']:.0f} | +{h['overhead_pct']:.2f}% | {h['equals_payload_size']} | "
                 f"{b.get('label_agreement_with_inprocess_fp32', '-')} |"
             )
-    profile = report["linear"].get("profile")
-    if profile:
-        lines += ["", "## 5. Profile of the three-tier path", "", *render_profile(profile)]
+    profiles = [report["linear"][key] for key in ("profile", "profile_gil") if report["linear"].get(key)]
+    if profiles:
+        lines += ["", "## 5. Profile of the three-tier path", ""]
+        for profile in profiles:
+            lines += render_profile(profile)
     lines += _load_section()
     lines.append("")
     return "\n".join(lines)
