@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -11,9 +12,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_request(args.tier, args.format, args.quantize)  # before loading anything: a bad request is one line
     spec = export_mobile(args.run_dir, args.output, quantize=args.quantize, tier=args.tier, fmt=args.format)
     check = "" if spec.check_max_abs_diff is None else f", max |ONNX - torch| {spec.check_max_abs_diff:.2g} on the check batch"
+    others = ", ".join(sorted(p.name for p in Path(args.output).iterdir() if p.name != spec.model_file))
     print(
         f"wrote {args.output}: {spec.model_file} ({spec.model_bytes / 1e6:.1f} MB, {spec.quantization or 'fp32'}"
-        f"{check}), tokenizer.json, run.json, device.json and the run's policy; run it on a device with "
+        f"{check}), {others}; run it on a device with "
         f"`python -m services.device {args.output} TEXT --edge-url URL` (onnxruntime and tokenizers, no torch)"
     )
     return 0

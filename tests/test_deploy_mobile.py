@@ -298,3 +298,32 @@ def test_export_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "is not a run folder" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_mpnet_run_exports_too(tmp_path):
+    """MPNet layers take a relative position bias (tiers.arch): the exported graph computes it, and equals torch."""
+    from tests.conftest import tiny_mpnet_config
+    from tests.factories import tiny_tokenizer
+    from tiers import EarlyExitModel, ExitConfig, RunInfo, TierPlan, write_run_info
+
+    run = tmp_path / "run"
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = EarlyExitModel.from_config(tiny_mpnet_config(num_layers=6, vocab=len(tokenizer) + 2), ExitConfig(num_labels=2))
+    model.eval().save_pretrained(run, tokenizer=tokenizer)
+    plan = TierPlan(2, 4, 6)
+    write_run_info(run, RunInfo(task="sst2", text_fields=["sentence"], label_names=["negative", "positive"], num_labels=2,
+                                max_length=64, plan=plan, cost_model=CostModel(), base_model="tiny-mpnet"))  # fmt: skip
+    spec = export_mobile(run, tmp_path / "device")
+    assert spec.inputs == ["input_ids", "attention_mask"]  # MPNet has no token types
+    client = MobileClient(tmp_path / "device")
+    ids, _ = client.tokenize(VARIED)
+    got = client.run_model(ids, [[0] * len(s) for s in ids])[0]
+    part = load_tier_part(run, plan, "mobile").eval()
+    x = torch.full((len(ids), max(map(len, ids))), spec.pad_token_id)
+    mask = torch.zeros_like(x)
+    for r, seq in enumerate(ids):
+        x[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
+    with torch.no_grad():
+        want = part.run_from_ids(x, mask, None).exit_logits.numpy()
+    assert np.abs(got - want).max() <= TOL

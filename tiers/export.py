@@ -21,6 +21,7 @@ only when complete. `services.device` is the client that runs it with onnxruntim
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -138,6 +139,9 @@ def _check_batch(vocab_size: int, pad_id: int) -> tuple[torch.Tensor, torch.Tens
 def _trace(graph: MobileGraph, example: tuple, inputs: list[str], path: Path) -> None:
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     shapes = tuple({0: batch, 1: seq} for _ in inputs)
+    exporter_log = logging.getLogger("torch.onnx")  # its notes on optional ops (torchvision) are not the user's
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecations
@@ -159,6 +163,8 @@ def _trace(graph: MobileGraph, example: tuple, inputs: list[str], path: Path) ->
             f"the run's encoder ({type(graph.part.layers[0]).__name__} layers) cannot be traced to ONNX: "
             f"{type(err).__name__}: {first}"
         ) from err
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
