@@ -117,6 +117,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         command += f" --policies {','.join(families)}"
     if args.no_temperatures:
         command += " --no-temperatures"
+    if args.eval_split != "validation":
+        command += f" --eval-split {args.eval_split}"
     path = write_glue_report(
         args.runs,
         args.out,
@@ -124,6 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         command=command,
         use_temperatures=not args.no_temperatures,
         families=families,
+        eval_split=args.eval_split,
     )
     print(f"wrote {path}")
     return 0
@@ -196,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-temperatures",
         action="store_true",
         help="ignore the run's temperatures.json (by default it is applied, as in the deployed policy)",
+    )
+    report.add_argument(
+        "--eval-split",
+        default="validation",
+        help="cached split the policies are scored on (e.g. one cached with `dimee eval RUN --split NAME`); "
+        "knobs are chosen on calibration",
     )
     report.set_defaults(func=cmd_report)
 

@@ -378,18 +378,23 @@ def write_glue_report(
     command: str = "",
     use_temperatures: bool = True,
     families: Sequence[str | Tunable] | None = None,
+    eval_split: str = VALIDATION,
 ) -> Path:
     """results/glue.md (+ glue.json, glue_<task>_pareto.png): every policy at the operating point, per task.
     `families` limits the knob-bearing policies (default: all of `tunable_policies`); the knob-free ones, the
-    random baseline (with dimee) and the oracle are always there."""
+    random baseline (with dimee) and the oracle are always there. `eval_split`: the cached split scored (e.g.
+    one cached with `dimee eval RUN --split NAME`); the knobs are always chosen on calibration."""
     from .plots import plot_pareto
 
     out_dir = Path(out_dir)
+    infos = [read_run_info(run) for run in runs]
+    scored = [  # every run scored before anything is written (a missing split leaves no half report)
+        report_tables(run, max_drop=max_drop, eval_split=eval_split, families=families, use_temperatures=use_temperatures)
+        for run in runs
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     tables, all_curves, notes = [], [], []
-    for run in runs:
-        info = read_run_info(run)
-        table, curves = report_tables(run, max_drop=max_drop, families=families, use_temperatures=use_temperatures)
+    for run, info, (table, curves) in zip(runs, infos, scored):
         tables.append(table)
         all_curves.append(curves)
         plot_pareto(pareto_frame(curves, primary_metric(run_task(info))), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
@@ -416,16 +421,16 @@ def write_glue_report(
         "",
         f"Operating point: each policy's knob chosen on the calibration split (two-fold cross-fitting) as the "
         f"cheapest setting with a task-metric drop <= {100 * max_drop:.1f} points vs the final exit; then fitted "
-        "on the whole calibration split and scored once on validation. `cv_drop` / `cv_cost` are the "
+        f"on the whole calibration split and scored once on {eval_split}. `cv_drop` / `cv_cost` are the "
         "cross-fitted calibration figures the choice was made on (knob-free policies: measured on the whole "
         "calibration split); `meets_target` says whether that calibration drop is within the target. Where no "
         "knob meets it, the knob with the smallest calibration drop is shown and the row is marked **missed**: "
-        "it is not an operating point. `metric` is the task's primary GLUE metric (x100) on validation, `drop` "
+        f"it is not an operating point. `metric` is the task's primary GLUE metric (x100) on {eval_split}, `drop` "
         "its loss vs the final exit there, cost normalised by the all-cloud reference (token ids sent straight "
         "to the cloud, all L layers there = 1.0). Cost model: the run's (README defaults).",
         "",
         "## Summary (per task, among rows that met the target on calibration: the lowest calibration cost; "
-        "its validation figures)",
+        f"its {eval_split} figures)",
         "",
         markdown_table(summary),
         "",
@@ -439,10 +444,10 @@ def write_glue_report(
         f"b ({', '.join(f'{b:g}' for b in BUDGETS)}; empty where b is below all-mobile's cost). "
         "`dimee_at_or_above` counts a tie. `cal_area` is computed from the cross-fitted calibration "
         "figures the knob choice uses; the DIMEE variant and the baseline compared per task are the ones with "
-        "the highest `cal_area`, and validation (`val_area`, `gap@b`) is read once to score them "
+        f"the highest `cal_area`, and {eval_split} (`val_area`, `gap@b`) is read once to score them "
         "(`glue_eval/scoreboard.py`).",
         "",
-        f"DIMEE (chosen on calibration) at or above the chosen baseline in validation area on {ahead} of "
+        f"DIMEE (chosen on calibration) at or above the chosen baseline in {eval_split} area on {ahead} of "
         f"{len(board)} run(s).",
         "",
         markdown_table(board),
@@ -459,7 +464,7 @@ def write_glue_report(
         "",
         *notes,
         "",
-        "Pareto plots (every knob of every policy, fitted on calibration, scored on validation; the table's "
+        f"Pareto plots (every knob of every policy, fitted on calibration, scored on {eval_split}; the table's "
         "rows are among their points): " + ", ".join(f"`glue_{t}_pareto.png`" for t in combined["task"].unique()),
     ]
     path = out_dir / "glue.md"
