@@ -91,6 +91,8 @@ def load_file(path: str | os.PathLike[str], what: str = "data") -> datasets.Data
     try:
         ds = quiet_load_dataset(builder, data_files=str(path), split="train", **extra)
     except Exception as err:  # datasets wraps the reader's error (ArrowInvalid, ParserError, ...) in its own
+        if "corresponds to no data" in str(err):  # e.g. a CSV header without rows, a Parquet file of 0 rows
+            raise DataSourceError(f"{what} file {path} has no rows") from err
         raise DataSourceError(f"{what} file {path} is not a readable {builder} file ({_first_line(err)})") from err
     assert isinstance(ds, datasets.Dataset)
     if len(ds) == 0:

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -422,11 +423,14 @@ def cache_run_splits(
 
 
 def _resolve_paths(config: TrainConfig) -> None:
-    """Absolute file paths in the config (run.json must work from any folder later)."""
+    """Absolute file paths in the config (run.json must work from any folder later); a `dataset_name` that is a
+    local folder or file (which `datasets.load_dataset` reads offline) too, a hub name as it is."""
     for name in ("train_file", "validation_file"):
         value = getattr(config, name)
         if value:
             setattr(config, name, str(Path(value).expanduser().resolve()))
+    if config.dataset_name and Path(config.dataset_name).expanduser().exists():
+        config.dataset_name = str(Path(config.dataset_name).expanduser().resolve())
 
 
 def _check_output(out: Path) -> None:
@@ -467,6 +471,8 @@ def train_run(config: TrainConfig) -> Path:
     plan = TierPlan.parse(config.plan, model.num_layers) if config.plan else default_plan(model.num_layers)
     pad_id = tokenizer.pad_token_id or 0
     train_encoded = encode_split(tokenizer, task, splits["train"], config.max_length)
+    if (out / RUN_FILE).exists():  # not silent; said before the work (Ctrl-C keeps it: replaced only at the end)
+        print(f"note: {out} holds a run; it is replaced as a whole when this train completes", file=sys.stderr)
     training = train_early_exit(model, train_encoded, config, pad_id, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -590,6 +596,7 @@ def evaluate_run(
     if dataset_name is not None:
         config.dataset_name, config.dataset_config = dataset_name, dataset_config
         config.train_file = config.validation_file = None
+    _resolve_paths(config)
     task = run_task(info)
     label_values = (info.data or {}).get("label_values")
     if split is not None:
