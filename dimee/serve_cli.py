@@ -1,4 +1,5 @@
-"""`dimee serve` (one tier) and `dimee serve-all` (all three on loopback, for a local try)."""
+"""`dimee serve` (one tier) and `dimee serve-all` (all three on loopback, for a local try); `dimee serve-ray`
+(all three on Ray Serve) lives in `dimee.ray_cli`."""
 
 from __future__ import annotations
 
@@ -61,3 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve_all.add_argument("--handoff-encoding", choices=("fp32", "fp16", "int8"), default=None)
     serve_all.add_argument("--log-dir", default=None)
     serve_all.set_defaults(func=cmd_serve_all)
+
+    from dimee import ray_cli  # `dimee serve-ray`: imports no ray until it runs
+
+    ray_cli.register(sub)
