@@ -67,6 +67,18 @@ QUOTES = [
         ("routing.json", lambda d: 100 * d["policies"]["dimee-entry"]["layers_per_1000"]["saved_share"])], 1),
     ("but only {}% for the cascade", [
         ("routing.json", lambda d: 100 * d["policies"]["dimee-cascade"]["layers_per_1000"]["saved_share"])], 1),
+    ("equals the torch mobile part to {} in the exit logits", [
+        ("deploy.json", lambda d: f"{max(v['exit_logits'] for v in d['max_abs_diff_onnx_fp32_vs_torch'].values()):.1e}")],
+        "raw"),
+    ("int8 runs the mobile part {}x faster than torch eager fp32 at batch 1 on one thread (ONNX fp32: {}x)", [
+        key("deploy.json", "speedup", "batch_1", "onnx_int8_vs_torch"),
+        key("deploy.json", "speedup", "batch_1", "onnx_fp32_vs_torch")], 2),
+    ("at {}% on SST-2 validation at exit 2 against fp32's {}%", [
+        key("deploy.json", "accuracy_validation", "int8", "exit_2"),
+        key("deploy.json", "accuracy_validation", "fp32", "exit_2")], 2),
+    ("in a {} MB file against {} MB", [
+        ("deploy.json", lambda d: d["sizes_bytes"]["onnx_int8"] / 1e6),
+        ("deploy.json", lambda d: d["sizes_bytes"]["onnx_fp32"] / 1e6)], 1),
 ]
 
 
