@@ -28,7 +28,11 @@ def env_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
     """TierSettings fields from this process's DIMEE_* variables (batch window, timeouts, ...), so that replicas on
     any node of the cluster get them (their own environment may not hold them)."""
     environ = os.environ if environ is None else environ
-    return {key[len("DIMEE_") :].lower(): value for key, value in environ.items() if key.startswith("DIMEE_") and key not in _NOT_COPIED}
+    return {
+        key[len("DIMEE_") :].lower(): value
+        for key, value in environ.items()
+        if key.startswith("DIMEE_") and key not in _NOT_COPIED
+    }
 
 
 def _checked(args: argparse.Namespace):
@@ -104,11 +108,13 @@ def _serve(args: argparse.Namespace, scaling, run_dir: Path) -> int:
             print("serving on Ray Serve (Ctrl-C or SIGTERM stops them):", flush=True)
             for tier, url in urls.items():
                 spec = scaling[tier]
-                count = f"{spec.min_replicas}-{spec.max_replicas} (autoscaling)" if spec.autoscaling else spec.min_replicas
+                count = (
+                    f"{spec.min_replicas}-{spec.max_replicas} (autoscaling)" if spec.autoscaling else spec.min_replicas
+                )
                 print(f"  {tier:6s} {url}   replicas: {count}")
             print(
                 f"try:  curl -s -X POST {urls['mobile']}/v1/classify -H 'Content-Type: application/json' "
-                "-d '{\"text\": \"a gripping, beautifully shot film\"}'",
+                '-d \'{"text": "a gripping, beautifully shot film"}\'',
                 flush=True,
             )
             if args.detach:
@@ -145,14 +151,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="replicas per tier: TIER=N fixed, TIER=MIN-MAX autoscaling (e.g. mobile=1,edge=2,cloud=1-4); "
         "tiers not named get 1",
     )
-    ray_cmd.add_argument("--target-ongoing-requests", type=float, default=None,
-                         help="autoscaling target: ongoing requests per replica (Ray's target_ongoing_requests)")  # fmt: skip
-    ray_cmd.add_argument("--address", default=None, help="Ray cluster address (`ray start --head` prints it); default: a local instance")
-    ray_cmd.add_argument("--http-host", default="127.0.0.1", help="address of Ray's HTTP proxy (loopback unless you mean otherwise)")
+    ray_cmd.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=None,
+        help="autoscaling target: ongoing requests per replica (Ray's target_ongoing_requests)",
+    )
+    ray_cmd.add_argument(
+        "--address", default=None, help="Ray cluster address (`ray start --head` prints it); default: a local instance"
+    )
+    ray_cmd.add_argument(
+        "--http-host", default="127.0.0.1", help="address of Ray's HTTP proxy (loopback unless you mean otherwise)"
+    )
     ray_cmd.add_argument("--http-port", type=int, default=8000, help="port of Ray's HTTP proxy on every node")
     ray_cmd.add_argument("--plan", default=None, help="tier plan override 'm,e'")
     ray_cmd.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica")
-    ray_cmd.add_argument("--detach", action="store_true", help="deploy and exit, leaving the applications running (with --address)")
+    ray_cmd.add_argument(
+        "--detach", action="store_true", help="deploy and exit, leaving the applications running (with --address)"
+    )
     ray_cmd.add_argument("--write-config", metavar="FILE", default=None,
                          help="write Ray Serve's YAML config for this deployment and exit (no Ray needed)")  # fmt: skip
     ray_cmd.set_defaults(func=cmd_serve_ray)

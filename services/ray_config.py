@@ -76,7 +76,9 @@ def parse_replicas(spec: str) -> dict[str, Scaling]:
     `tier=N` is a fixed count (N >= 1); `tier=MIN-MAX` autoscales between MIN (>= 0) and MAX (>= MIN, >= 1)."""
     parts = [part.strip() for part in spec.split(",") if part.strip()]
     if not parts:
-        raise ReplicaSpecError(f"--replicas names no tier; give e.g. mobile=1,edge=2,cloud=2 (tiers: {', '.join(TIERS)})")
+        raise ReplicaSpecError(
+            f"--replicas names no tier; give e.g. mobile=1,edge=2,cloud=2 (tiers: {', '.join(TIERS)})"
+        )
     scaling: dict[str, Scaling] = {}
     for part in parts:
         tier, sep, count = (piece.strip() for piece in part.partition("="))

@@ -28,9 +28,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from .ray_config import DEPLOYMENT_NAME, ROUTE_PREFIXES, Scaling, serve_config, tier_fields
 from .replica_retry import ReplicaRetryClient, with_retrying_client
-
-from .ray_config import DEPLOYMENT_NAME, ROUTE_PREFIXES, Scaling, serve_config, tier_fields  # noqa: F401
 
 log = logging.getLogger("services.ray")
 

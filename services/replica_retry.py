@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import orjson
+from prometheus_client import Counter
 
 from .handoff import REQUEST_ID_HEADER, HandoffClient
 
@@ -32,7 +34,14 @@ class ReplicaRetryClient(HandoffClient):
     """The tier's handoff client, resending a handoff once when the replica that had it died: Ray's proxy answers
     a 5xx of its own (not the receiving tier's JSON answer) or the connection drops. A handoff is a pure function
     of its body, so resending it is safe; the proxy sends it to a live replica, within what is left of the same
-    timeout. Readiness probes (GET) are never resent."""
+    timeout. Readiness probes (GET) are never resent. `on_resend(reason)` is called before each resend (reason:
+    'status_<code>' or 'connection')."""
+
+    def __init__(
+        self, request_timeout_s: float, connect_timeout_s: float, on_resend: Callable[[str], None] | None = None
+    ) -> None:
+        super().__init__(request_timeout_s, connect_timeout_s)
+        self.on_resend = on_resend
 
     async def request(
         self, method: str, url: str, timeout_s: float, data: bytes | None = None, headers: dict | None = None
@@ -43,15 +52,17 @@ class ReplicaRetryClient(HandoffClient):
         except aiohttp.ClientConnectionError as err:
             if method != "POST" or isinstance(err, asyncio.TimeoutError) or not self._resend_time(start, timeout_s):
                 raise
-            why = type(err).__name__
+            why, reason = type(err).__name__, "connection"
         else:
             if method != "POST" or status not in RETRY_STATUSES or _tier_answer(content):
                 return status, content
             if not self._resend_time(start, timeout_s):
                 return status, content
-            why = f"status {status}"
+            why, reason = f"status {status}", f"status_{status}"
         rid = (headers or {}).get(REQUEST_ID_HEADER, "-")
         log.warning("handoff to %s failed (%s, request %s): resending it once to another replica", url, why, rid)
+        if self.on_resend is not None:
+            self.on_resend(reason)
         return await super().request(method, url, timeout_s - (time.perf_counter() - start), data, headers)
 
     @staticmethod
@@ -70,8 +81,15 @@ def _tier_answer(content: bytes) -> bool:
 
 def with_retrying_client(app: Any) -> None:
     """Wrap the app's lifespan: once the tier has started, its handoff client is a ReplicaRetryClient with the
-    same timeouts (`services.handoff.make_client`'s; the replaced client had opened no session yet)."""
+    same timeouts (`services.handoff.make_client`'s; the replaced client had opened no session yet). Resends are
+    counted in the tier's registry: dimee_handoff_resends_total{service, reason}."""
     service = app.state.service
+    resends = Counter(
+        "dimee_handoff_resends_total",
+        "handoffs resent once because the proxy answered for a replica that died (or the connection dropped)",
+        ("service", "reason"),
+        registry=service.metrics.registry,
+    )
     startup = app.router.lifespan_context
 
     @asynccontextmanager
@@ -80,7 +98,8 @@ def with_retrying_client(app: Any) -> None:
             old = service.client
             if isinstance(old, HandoffClient) and not isinstance(old, ReplicaRetryClient):
                 settings = service.settings
-                service.client = ReplicaRetryClient(settings.request_timeout_s, settings.connect_timeout_s)
+                count = lambda reason: resends.labels(service.tier, reason).inc()  # noqa: E731
+                service.client = ReplicaRetryClient(settings.request_timeout_s, settings.connect_timeout_s, count)
                 await old.aclose()
             yield state
 

@@ -10,14 +10,15 @@ import sys
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
 
 from dimee.cli import main
 from dimee.ray_cli import env_settings
-from tests.factories import JsonHandler
 from services.ray_config import INSTALL_HINT, ReplicaSpecError, Scaling, parse_replicas, serve_config, tier_fields
+from tests.factories import JsonHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,12 @@ def test_replica_spec_counts_ranges_and_defaults():
     assert scaling == {"mobile": Scaling(1, 1), "edge": Scaling(2, 2), "cloud": Scaling(1, 4)}
     assert scaling["edge"].deployment_options() == {"num_replicas": 2}
     assert scaling["cloud"].deployment_options(3) == {
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 3}
+        "autoscaling_config": {
+            "min_replicas": 1,
+            "max_replicas": 4,
+            "initial_replicas": 1,
+            "target_ongoing_requests": 3,
+        }
     }
     assert parse_replicas("cloud=0-2")["cloud"].deployment_options()["autoscaling_config"]["initial_replicas"] == 1
 
@@ -69,7 +75,9 @@ def test_tiers_reach_each_other_through_the_proxy_prefixes(tmp_path):
 
 
 def test_serve_config_is_rays_schema_without_the_token(tmp_path):
-    config = serve_config(tmp_path, parse_replicas("edge=2,cloud=1-3"), 8123, replica_cpus=0.5, settings={"batch_window_ms": "2"})
+    config = serve_config(
+        tmp_path, parse_replicas("edge=2,cloud=1-3"), 8123, replica_cpus=0.5, settings={"batch_window_ms": "2"}
+    )
     apps = {app["name"]: app for app in config["applications"]}
     assert [app["name"] for app in config["applications"]] == ["cloud", "edge", "mobile"]
     assert {name: app["route_prefix"] for name, app in apps.items()} == {t: f"/{t}" for t in apps}
@@ -83,7 +91,9 @@ def test_serve_config_is_rays_schema_without_the_token(tmp_path):
         from ray.serve.schema import ServeDeploySchema
     except ImportError:
         return
-    ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(config)
+    ServeDeploySchema.model_validate(config) if hasattr(
+        ServeDeploySchema, "model_validate"
+    ) else ServeDeploySchema.parse_obj(config)
 
 
 def test_env_settings_copy_shared_settings_never_the_token_or_per_tier_ones():
@@ -127,7 +137,9 @@ def test_cli_without_ray_names_the_extra(run_dir):
         "from dimee.cli import main\n"
         f"sys.exit(main(['serve-ray', {str(run_dir)!r}, '--replicas', 'edge=2']))"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"dimee serve-ray: {INSTALL_HINT}"
     assert "pip install -e .[ray]" in INSTALL_HINT
@@ -137,16 +149,16 @@ def test_cli_without_ray_names_the_extra(run_dir):
 class _FlakyTier(JsonHandler):
     """Answers each POST with the next of `script` (status, body); GET always with 500 from the 'proxy'."""
 
-    script: list[tuple[int, bytes]] = []
+    script: ClassVar[list[tuple[int, bytes]]] = []
     posts = 0
 
-    def do_POST(self):  # noqa: N802 - http.server's name
+    def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         type(self).posts += 1
         status, body = type(self).script.pop(0)
         self._reply(status, body)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._reply(500, b"Internal Server Error")
 
 
@@ -161,13 +173,15 @@ def flaky():
     server.server_close()
 
 
-def _post(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+def _post(url: str, timeout_s: float = 5.0, resends: list | None = None) -> tuple[int, bytes]:
     from services.replica_retry import ReplicaRetryClient
 
     async def go():
-        client = ReplicaRetryClient(timeout_s, 1.0)
+        client = ReplicaRetryClient(timeout_s, 1.0, None if resends is None else resends.append)
         try:
-            return await client.request("POST", f"{url}/v1/handoff", timeout_s, data=b"body", headers={"X-Request-ID": "r1"})
+            return await client.request(
+                "POST", f"{url}/v1/handoff", timeout_s, data=b"body", headers={"X-Request-ID": "r1"}
+            )
         finally:
             await client.aclose()
 
@@ -176,10 +190,12 @@ def _post(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
 
 def test_a_proxy_5xx_is_resent_once(flaky):
     url, tier = flaky
+    resends: list[str] = []
     tier.script = [(500, b"Internal Server Error"), (200, b'{"ok": true}')]
-    assert _post(url) == (200, b'{"ok": true}') and tier.posts == 2
+    assert _post(url, resends=resends) == (200, b'{"ok": true}') and tier.posts == 2
     tier.script = [(503, b"no replica"), (502, b"still none")]
-    assert _post(url) == (502, b"still none") and tier.posts == 4  # once, not more
+    assert _post(url, resends=resends) == (502, b"still none") and tier.posts == 4  # once, not more
+    assert resends == ["status_500", "status_503"]
 
 
 def test_a_tiers_own_error_and_probes_are_not_resent(flaky):
