@@ -17,11 +17,11 @@ WORDS = (
 ).split()
 
 
-def tiny_tokenizer():
-    """A WordPiece BERT tokenizer over a few dozen words, built offline."""
+def tiny_tokenizer(extra_words=()):
+    """A WordPiece BERT tokenizer over a few dozen words (and `extra_words`), built offline."""
     from transformers import BertTokenizerFast
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys([*WORDS, *extra_words])]
     return BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True, model_max_length=64)
 
 

@@ -45,12 +45,13 @@ def write_toy_glue(data_dir: Path, n_train: int = 400, n_validation: int = 120) 
     return Path(data_dir)
 
 
-def write_tiny_encoder(folder: Path, num_layers: int = 4, seed: int = 0) -> Path:
-    """A random-init BERT encoder and the tiny tokenizer saved in HF format (what --model accepts)."""
+def write_tiny_encoder(folder: Path, num_layers: int = 4, seed: int = 0, extra_words=()) -> Path:
+    """A random-init BERT encoder and the tiny tokenizer (plus `extra_words`) saved in HF format (what --model
+    accepts)."""
     import torch
     from transformers import AutoModel
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(extra_words)
     torch.manual_seed(seed)
     model = AutoModel.from_config(tiny_bert_config(num_layers=num_layers, vocab=len(tokenizer)), add_pooling_layer=False)
     model.save_pretrained(folder)
