@@ -45,6 +45,8 @@ def _checked(args: argparse.Namespace):
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file():
         raise _Refused(f"{run_dir} is not a run folder (no run.json); train one with `dimee train` or `dimee demo`")
+    if args.max_ongoing_requests < 1:
+        raise _Refused(f"--max-ongoing-requests must be >= 1, got {args.max_ongoing_requests}")
     if args.replica_cpus <= 0:
         raise _Refused(f"--replica-cpus must be > 0, got {args.replica_cpus}")
     return scaling, run_dir.resolve()
@@ -73,8 +75,9 @@ def _write_config(args: argparse.Namespace, scaling, run_dir: Path) -> int:
     from services.ray_config import serve_config
 
     config = serve_config(
-        run_dir, scaling, args.http_port, args.plan, args.replica_cpus, args.target_ongoing_requests, env_settings()
-    )
+        run_dir, scaling, args.http_port, args.plan, args.replica_cpus, args.target_ongoing_requests, env_settings(),
+        args.max_ongoing_requests,
+    )  # fmt: skip
     out = Path(args.write_config)
     out.write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"wrote {out}: deploy it with `serve deploy {out}` (a running cluster) or `serve run {out}`; "
@@ -103,7 +106,7 @@ def _serve(args: argparse.Namespace, scaling, run_dir: Path) -> int:
             serve.start(http_options={"host": args.http_host, "port": args.http_port})
             urls = deploy(
                 str(run_dir), scaling, token, args.http_port, args.plan, args.replica_cpus,
-                args.target_ongoing_requests, env_settings(), _proxy_host(args.http_host),
+                args.target_ongoing_requests, env_settings(), _proxy_host(args.http_host), args.max_ongoing_requests,
             )  # fmt: skip
             print("serving on Ray Serve (Ctrl-C or SIGTERM stops them):", flush=True)
             for tier, url in urls.items():
@@ -140,6 +143,8 @@ def _proxy_host(bind: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from services.ray_config import MAX_ONGOING_REQUESTS  # ray-free
+
     ray_cmd = sub.add_parser(
         "serve-ray",
         help="serve mobile, edge and cloud as Ray Serve deployments (pip install -e .[ray]); or write Ray's YAML",
@@ -166,6 +171,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ray_cmd.add_argument("--http-port", type=int, default=8000, help="port of Ray's HTTP proxy on every node")
     ray_cmd.add_argument("--plan", default=None, help="tier plan override 'm,e'")
     ray_cmd.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica")
+    ray_cmd.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=MAX_ONGOING_REQUESTS,
+        help=f"requests one replica takes at a time (Ray's max_ongoing_requests; default {MAX_ONGOING_REQUESTS}, "
+        "so that the tier's micro-batcher sees company; Ray's own default, 5, starves it)",
+    )
     ray_cmd.add_argument(
         "--detach", action="store_true", help="deploy and exit, leaving the applications running (with --address)"
     )

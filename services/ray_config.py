@@ -27,6 +27,9 @@ DEPLOYMENT_NAME = "DimeeTier"
 BUILDER_IMPORT_PATH = "services.ray_serve:build_app"
 INSTALL_HINT = "Ray Serve is not installed; install the extra: pip install -e .[ray]"
 MAX_REPLICAS = 1024
+#: Requests one replica takes at a time (Ray's max_ongoing_requests, whose default 5 would starve a tier's
+#: micro-batcher: it batches the requests that arrive together, so it needs many in flight).
+MAX_ONGOING_REQUESTS = 64
 
 
 class ReplicaSpecError(ValueError):
@@ -56,10 +59,13 @@ class Scaling:
     def autoscaling(self) -> bool:
         return self.min_replicas != self.max_replicas
 
-    def deployment_options(self, target_ongoing_requests: float | None = None) -> dict[str, Any]:
-        """Ray Serve deployment options: num_replicas, or autoscaling_config (Ray's own keys)."""
+    def deployment_options(
+        self, target_ongoing_requests: float | None = None, max_ongoing_requests: int = MAX_ONGOING_REQUESTS
+    ) -> dict[str, Any]:
+        """Ray Serve deployment options: num_replicas or autoscaling_config (Ray's own keys), and
+        max_ongoing_requests."""
         if not self.autoscaling:
-            return {"num_replicas": self.min_replicas}
+            return {"num_replicas": self.min_replicas, "max_ongoing_requests": max_ongoing_requests}
         config: dict[str, Any] = {
             "min_replicas": self.min_replicas,
             "max_replicas": self.max_replicas,
@@ -67,7 +73,7 @@ class Scaling:
         }
         if target_ongoing_requests is not None:
             config["target_ongoing_requests"] = target_ongoing_requests
-        return {"autoscaling_config": config}
+        return {"autoscaling_config": config, "max_ongoing_requests": max_ongoing_requests}
 
 
 def parse_replicas(spec: str) -> dict[str, Scaling]:
@@ -137,6 +143,7 @@ def serve_config(
     replica_cpus: float = 1.0,
     target_ongoing_requests: float | None = None,
     settings: dict[str, Any] | None = None,
+    max_ongoing_requests: int = MAX_ONGOING_REQUESTS,
 ) -> dict[str, Any]:
     """Ray Serve's config file (the schema of `serve deploy` / `serve run`) for the three tiers: one application
     per tier built by `services.ray_serve:build_app`. The token is not in it: each replica reads
@@ -146,7 +153,7 @@ def serve_config(
     for tier in reversed(TIERS):  # cloud first, as serve-ray deploys them
         options = {
             "name": DEPLOYMENT_NAME,
-            **scaling[tier].deployment_options(target_ongoing_requests),
+            **scaling[tier].deployment_options(target_ongoing_requests, max_ongoing_requests),
             "ray_actor_options": {"num_cpus": replica_cpus},
         }
         args = {**tier_fields(tier, run_dir, proxy, plan), **(settings or {})}

@@ -28,7 +28,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from .ray_config import DEPLOYMENT_NAME, ROUTE_PREFIXES, Scaling, serve_config, tier_fields
+from .ray_config import DEPLOYMENT_NAME, MAX_ONGOING_REQUESTS, ROUTE_PREFIXES, Scaling, serve_config, tier_fields
 from .replica_retry import ReplicaRetryClient, with_retrying_client
 
 log = logging.getLogger("services.ray")
@@ -53,7 +53,12 @@ class RoutePrefix:
         await self.app(scope, receive, send)
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 1}, health_check_period_s=5)
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    health_check_period_s=5,
+)
 @serve.ingress()
 class DimeeTier:
     """One replica of one tier: `fields` are its TierSettings fields (tier, run_dir, next-tier URLs, ...), the
@@ -102,9 +107,10 @@ def tier_application(
     token: str | None,
     replica_cpus: float = 1.0,
     target_ongoing_requests: float | None = None,
+    max_ongoing_requests: int = MAX_ONGOING_REQUESTS,
 ) -> Application:
     """One tier's application with its replica count or autoscaling, as `dimee serve-ray` deploys it."""
-    options = scaling.deployment_options(target_ongoing_requests)
+    options = scaling.deployment_options(target_ongoing_requests, max_ongoing_requests)
     deployment = DimeeTier.options(ray_actor_options={"num_cpus": replica_cpus}, **options)
     return deployment.bind(dict(fields), token)
 
@@ -119,6 +125,7 @@ def deploy(
     target_ongoing_requests: float | None = None,
     settings: dict[str, Any] | None = None,
     proxy_host: str = "127.0.0.1",
+    max_ongoing_requests: int = MAX_ONGOING_REQUESTS,
 ) -> dict[str, str]:
     """Deploy cloud, edge, then mobile on the connected Ray cluster (serve.start must have run) and return each
     tier's URL on the proxy; blocks until every replica is up. `proxy_host`: the address a replica reaches its
@@ -129,7 +136,9 @@ def deploy(
     urls = {}
     for tier in ("cloud", "edge", "mobile"):
         fields = {**tier_fields(tier, run_dir, proxy, plan), **(settings or {})}
-        app = tier_application(fields, scaling[tier], token, replica_cpus, target_ongoing_requests)
+        app = tier_application(
+            fields, scaling[tier], token, replica_cpus, target_ongoing_requests, max_ongoing_requests
+        )
         serve.run(app, name=tier, route_prefix=ROUTE_PREFIXES[tier], blocking=False)
         urls[tier] = proxy + ROUTE_PREFIXES[tier]
     return urls

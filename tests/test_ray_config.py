@@ -17,7 +17,15 @@ import yaml
 
 from dimee.cli import main
 from dimee.ray_cli import env_settings
-from services.ray_config import INSTALL_HINT, ReplicaSpecError, Scaling, parse_replicas, serve_config, tier_fields
+from services.ray_config import (
+    INSTALL_HINT,
+    MAX_ONGOING_REQUESTS,
+    ReplicaSpecError,
+    Scaling,
+    parse_replicas,
+    serve_config,
+    tier_fields,
+)
 from tests.factories import JsonHandler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,15 +40,9 @@ def run_dir(tmp_path) -> Path:
 def test_replica_spec_counts_ranges_and_defaults():
     scaling = parse_replicas(" edge=2 , cloud=1-4")
     assert scaling == {"mobile": Scaling(1, 1), "edge": Scaling(2, 2), "cloud": Scaling(1, 4)}
-    assert scaling["edge"].deployment_options() == {"num_replicas": 2}
-    assert scaling["cloud"].deployment_options(3) == {
-        "autoscaling_config": {
-            "min_replicas": 1,
-            "max_replicas": 4,
-            "initial_replicas": 1,
-            "target_ongoing_requests": 3,
-        }
-    }
+    assert scaling["edge"].deployment_options() == {"num_replicas": 2, "max_ongoing_requests": MAX_ONGOING_REQUESTS}
+    autoscaling = {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 3}
+    assert scaling["cloud"].deployment_options(3, 16) == {"autoscaling_config": autoscaling, "max_ongoing_requests": 16}
     assert parse_replicas("cloud=0-2")["cloud"].deployment_options()["autoscaling_config"]["initial_replicas"] == 1
 
 
@@ -83,6 +85,7 @@ def test_serve_config_is_rays_schema_without_the_token(tmp_path):
     assert {name: app["route_prefix"] for name, app in apps.items()} == {t: f"/{t}" for t in apps}
     assert all(app["import_path"] == "services.ray_serve:build_app" for app in apps.values())
     assert apps["edge"]["deployments"][0]["num_replicas"] == 2
+    assert apps["edge"]["deployments"][0]["max_ongoing_requests"] == MAX_ONGOING_REQUESTS
     assert apps["cloud"]["deployments"][0]["autoscaling_config"]["max_replicas"] == 3
     assert apps["mobile"]["args"]["next_url"] == "http://127.0.0.1:8123/edge"
     assert apps["edge"]["args"]["batch_window_ms"] == "2"
