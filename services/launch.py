@@ -76,6 +76,7 @@ def serve_tier(settings: TierSettings) -> None:
         host=settings.host,
         port=settings.bind_port,
         log_level=settings.log_level,
+        access_log=settings.access_log,
         loop="auto",  # uvloop and httptools when installed (uvicorn[standard], a dependency)
         http="auto",
         timeout_graceful_shutdown=5,
