@@ -79,6 +79,14 @@ QUOTES = [
     ("in a {} MB file against {} MB", [
         ("deploy.json", lambda d: d["sizes_bytes"]["onnx_int8"] / 1e6),
         ("deploy.json", lambda d: d["sizes_bytes"]["onnx_fp32"] / 1e6)], 1),
+    ("2 edge replicas give {}x the requests/s of one", [key("deploy_ray.json", "ratio_2_over_1")], 2),
+    ("{} of {} requests answered 200, {} lost, {} degraded", [
+        ("deploy_ray.json", lambda d: d["configurations"][2]["kill"]["statuses"]["200"]),
+        ("deploy_ray.json", lambda d: d["configurations"][2]["kill"]["requests"]),
+        ("deploy_ray.json", lambda d: d["configurations"][2]["kill"]["lost"]),
+        ("deploy_ray.json", lambda d: d["configurations"][2]["kill"]["degraded"])], 0),
+    ("(mobile resent {} handoffs)", [
+        ("deploy_ray.json", lambda d: d["configurations"][2]["kill"]["handoffs_resent_by_mobile"])], 0),
 ]
 
 
