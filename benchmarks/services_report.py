@@ -199,7 +199,8 @@ def _load_section() -> list[str]:
         f"Command: `{load['command']}` (started {load['started']}; {load['seconds_per_step']:g} s per step after "
         f"{load['warmup_s']:g} s of warm-up, the run's policy, one text per request, locust {load['locust']}). "
         "Clients wait for each answer before the next request (no think time), so the request rate is what the "
-        "three services deliver at that concurrency on this machine; locust runs on the same cores.",
+        "three services deliver at that concurrency on this machine; locust runs on the same cores. Load average "
+        f"{load.get('loadavg_start')} at start and {load.get('loadavg_end')} at end (other sessions' jobs too).",
         "",
         "| clients | requests | failures | requests/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
