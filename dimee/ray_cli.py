@@ -96,43 +96,46 @@ def _serve(args: argparse.Namespace, scaling, run_dir: Path) -> int:
 
     token = os.environ.get("DIMEE_HANDOFF_TOKEN") or secrets.token_urlsafe(32)
     replicas = sum(s.max_replicas for s in scaling.values())
-    with stop_signals():
-        try:
-            if args.address:
-                ray.init(address=args.address, log_to_driver=False)
-            else:  # a local instance: enough logical CPUs for every replica (a small machine shares its cores)
-                cpus = max(os.cpu_count() or 1, int(replicas * args.replica_cpus + 0.999))
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        if args.address:
+            ray.init(address=args.address, log_to_driver=False)
+        else:  # a local instance: enough logical CPUs for every replica (a small machine shares its cores)
+            cpus = max(os.cpu_count() or 1, int(replicas * args.replica_cpus + 0.999))
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        # after ray.init, which installs a SIGTERM handler of its own that aborts the driver
+        with stop_signals():
             serve.start(http_options={"host": args.http_host, "port": args.http_port})
             urls = deploy(
                 str(run_dir), scaling, token, args.http_port, args.plan, args.replica_cpus,
                 args.target_ongoing_requests, env_settings(), _proxy_host(args.http_host), args.max_ongoing_requests,
             )  # fmt: skip
-            print("serving on Ray Serve (Ctrl-C or SIGTERM stops them):", flush=True)
-            for tier, url in urls.items():
-                spec = scaling[tier]
-                count = (
-                    f"{spec.min_replicas}-{spec.max_replicas} (autoscaling)" if spec.autoscaling else spec.min_replicas
-                )
-                print(f"  {tier:6s} {url}   replicas: {count}")
-            print(
-                f"try:  curl -s -X POST {urls['mobile']}/v1/classify -H 'Content-Type: application/json' "
-                '-d \'{"text": "a gripping, beautifully shot film"}\'',
-                flush=True,
-            )
+            _print_urls(urls, scaling)
             if args.detach:
                 print("detached: the applications stay on the cluster (`serve shutdown` removes them)", flush=True)
                 return 0
             while True:
                 time.sleep(1.0)
-        except KeyboardInterrupt:
-            print("stopping", flush=True)
-            if ray.is_initialized():
-                serve.shutdown()
-            return 0
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+        if ray.is_initialized():
+            serve.shutdown()
+        return 0
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _print_urls(urls: dict[str, str], scaling) -> None:
+    print("serving on Ray Serve (Ctrl-C or SIGTERM stops them):", flush=True)
+    for tier, url in urls.items():
+        spec = scaling[tier]
+        count = f"{spec.min_replicas}-{spec.max_replicas} (autoscaling)" if spec.autoscaling else spec.min_replicas
+        print(f"  {tier:6s} {url}   replicas: {count}")
+    print(
+        f"try:  curl -s -X POST {urls['mobile']}/v1/classify -H 'Content-Type: application/json' "
+        '-d \'{"text": "a gripping, beautifully shot film"}\'',
+        flush=True,
+    )
 
 
 def _proxy_host(bind: str) -> str:
