@@ -1,0 +1,114 @@
+"""6 vs 12 layers, per task: per-exit validation metric of each encoder, training time, and every policy's cost
+cut at the operating point (drop <= 0.3 points, chosen on calibration), from the committed caches.
+
+A task is compared where both ``results/caches/<shallow>/<task>`` and ``results/caches/<deep>/<task>`` exist.
+The scoring is the report's (``glue_eval.report.report_tables`` with ``curves=False``): no model is run.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/depth_comparison.py     # -> results/depth.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from glue_eval.report import markdown_table, report_tables  # noqa: E402
+from tiers import read_run_info  # noqa: E402
+
+
+def per_exit_row(run: Path, model: str) -> dict:
+    """Per-exit validation metric (x100) of a cached run, with its layer count and training time."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    info = read_run_info(run)
+    name = metrics["primary_metric"]
+    exits = metrics["splits"]["validation"]["per_exit"]
+    plan = info.plan
+    row = {"task": metrics["task"], "model": model, "layers": len(exits),
+           "plan": f"1-{plan.mobile_end} / {plan.mobile_end + 1}-{plan.edge_end} / {plan.edge_end + 1}-{plan.num_layers}",
+           "epochs": info.training.get("epochs"), "train_s": info.training.get("train_seconds"),
+           "device": info.training.get("device")}  # fmt: skip
+    labels = np.load(run / "logits" / "validation.labels.npy")
+    if info.num_labels > 1:  # what always answering the most frequent class scores: the floor of "learned"
+        row["majority class"] = round(100 * float(np.bincount(labels.astype(np.int64)).max() / labels.size), 1)
+    row.update({f"exit {e['exit']}": round(100 * e[name], 1) for e in exits})
+    return row
+
+
+def cut_rows(run: Path, model: str, max_drop: float) -> pd.DataFrame:
+    table, _ = report_tables(run, max_drop=max_drop, curves=False)
+    keep = table[["task", "policy", "meets_target", "drop", "cost_reduction_%"]].copy()
+    return keep.assign(model=model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shallow", default="minilm", help="cache folder of the 6-layer runs")
+    parser.add_argument("--deep", default="mpnet", help="cache folder of the 12-layer runs")
+    parser.add_argument("--tasks", nargs="*", default=None, help="default: every task cached for both")
+    parser.add_argument("--max-drop", type=float, default=0.003)
+    parser.add_argument("--out", default="results/depth")
+    args = parser.parse_args(argv)
+    start = time.time()
+    caches = ROOT / "results" / "caches"
+    deep = caches / args.deep
+    tasks = args.tasks or sorted(p.name for p in deep.iterdir() if (caches / args.shallow / p.name).is_dir()) if deep.is_dir() else []
+    if not tasks:
+        raise SystemExit(f"no task has caches under both {caches / args.shallow} and {caches / args.deep}")
+    exits, cuts = [], []
+    for task in tasks:
+        for model in (args.shallow, args.deep):
+            run = caches / model / task
+            exits.append(per_exit_row(run, model))
+            cuts.append(cut_rows(run, model, args.max_drop))
+    exit_table = pd.DataFrame(exits)
+    cut = pd.concat(cuts, ignore_index=True)
+    cell = cut.assign(cell=[
+        f"{c}% (drop {d})" + ("" if m in (True, None) or m != m else " missed")
+        for c, d, m in zip(cut["cost_reduction_%"], cut["drop"], cut["meets_target"])
+    ])  # fmt: skip
+    wide = cell.pivot_table(index=["task", "policy"], columns="model", values="cell", aggfunc="first", sort=False)
+    wide = wide.reset_index()[["task", "policy", args.shallow, args.deep]]
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/depth_comparison.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    data = {"command": command.strip(), "seconds": round(time.time() - start, 1), "per_exit": exits,
+            "operating_point": json.loads(cut.to_json(orient="records"))}  # fmt: skip
+    out = ROOT / args.out
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    lines = [
+        f"# Depth: {args.shallow} vs {args.deep}, per task",
+        "",
+        f"Command: `{data['command']}` ({data['seconds']} s, from the committed caches).",
+        "",
+        __doc__.split("\n\n")[1].replace("\n", " "),
+        "",
+        "## Per-exit validation metric (x100) and training time",
+        "",
+        "`majority class`: the accuracy of always answering the most frequent validation label. A run whose exits "
+        "sit near it has not learned the task, and its cost cuts below are noise, whatever the calibration split says.",
+        "",
+        markdown_table(exit_table),
+        "",
+        f"## Cost cut vs all-cloud at the operating point (drop <= {100 * args.max_drop:.1f} points on calibration; "
+        "validation figures; 'missed': no knob met the target on calibration)",
+        "",
+        markdown_table(wide),
+        "",
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print(f"wrote {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
