@@ -49,6 +49,9 @@ def _checked(args: argparse.Namespace):
         raise _Refused(f"--max-ongoing-requests must be >= 1, got {args.max_ongoing_requests}")
     if args.replica_cpus <= 0:
         raise _Refused(f"--replica-cpus must be > 0, got {args.replica_cpus}")
+    if args.detach and not args.address:
+        raise _Refused("--detach needs a running cluster (--address ADDR, e.g. after `ray start --head`): a local Ray "
+                       "instance ends with this command")  # fmt: skip
     return scaling, run_dir.resolve()
 
 

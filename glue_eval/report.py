@@ -267,6 +267,10 @@ def report_tables(
     chosen on the fit split (with the fit-split columns added), so table and plot show the same numbers.
     With ``curves=False`` only the chosen knobs are scored and the second frame holds just those rows.
     """
+    if eval_split == fit_split:
+        raise ValueError(
+            f"the policies are fitted on {fit_split!r}: score them on another split (a held-out one), not on {eval_split!r}"
+        )
     info = read_run_info(run_dir)
     plan, cost, task = info.plan, cost_model or info.cost_model, run_task(info)
     temperatures = run_temperatures(run_dir, plan.num_layers, use_temperatures)

@@ -35,10 +35,12 @@ import numpy as np
 
 from tiers.codec import (
     CONTENT_TYPE,
+    MAX_BUDGET_MS,
     TOKENS_CONTENT_TYPE,
     HandoffMeta,
     encode_hidden_message,
     encode_token_message,
+    handoff_group_size,
     hop_payload_size,
 )
 from tiers.plan import TIERS
@@ -49,6 +51,7 @@ from tiers.text import check_lengths, check_texts
 from .handoff import HandoffFailed, make_client, post_handoff
 from .policy import ThresholdPolicy, load_policy, policy_actions, read_temperatures, softmax, wants_features
 from .schemas import Answer
+from .settings import TierSettings
 
 log = logging.getLogger("services.device")
 
@@ -56,7 +59,9 @@ DEVICE_FILE = "device.json"  # tiers.export.DEVICE_FILE (that module needs torch
 TOKENIZER_FILE = "tokenizer.json"
 #: Share of the request's time the device waits for the next tier (as a served tier, services.relay.WAIT_SHARE).
 WAIT_SHARE = 0.9
-MAX_HANDOFF_SAMPLES = 64  # the receiving tier's default max_texts
+#: The receiving tier's default limits (services.settings.TierSettings: max_texts, max_meta_bytes).
+MAX_HANDOFF_SAMPLES = TierSettings.model_fields["max_texts"].default
+MAX_META_BYTES = TierSettings.model_fields["max_meta_bytes"].default
 
 
 class DeviceFolderError(ValueError):
@@ -196,11 +201,11 @@ class MobileClient:
             elif action != CONTINUE:
                 groups.setdefault((TIERS[handoff_target(action)], depth), []).append(i)
         if groups:
-            jobs = [
-                (target, boundary, members[first : first + MAX_HANDOFF_SAMPLES])
-                for (target, boundary), members in sorted(groups.items())
-                for first in range(0, len(members), MAX_HANDOFF_SAMPLES)
-            ]
+            width = int(feature.shape[1]) if self.policy_features and feature is not None else 0
+            jobs = []
+            for (target, boundary), members in sorted(groups.items()):
+                size = handoff_group_size(MAX_META_BYTES, MAX_HANDOFF_SAMPLES, boundary, int(self.info.num_labels), width)
+                jobs += [(target, boundary, members[first : first + size]) for first in range(0, len(members), size)]
             request_id = uuid.uuid4().hex
             deadline = start + self.timeout_s
             sent = asyncio.run(self._send_all(jobs, ids, types, logits, hidden, feature, mask, request_id, deadline))
@@ -236,7 +241,8 @@ class MobileClient:
             await client.aclose()
 
     async def _send(self, client, target, boundary, members, ids, types, logits, hidden, feature, mask, request_id, deadline):
-        """One handoff group; returns ({sample: answer}, rtt ms) or (HandoffFailed, ms spent)."""
+        """One handoff group; returns ({sample: answer}, hop ms: round trip less the next tiers' own time) or
+        (HandoffFailed, ms spent)."""
         sent = time.perf_counter()
         url = self.urls.get(target)
         wait_s = (deadline - sent) * WAIT_SHARE
@@ -248,7 +254,7 @@ class MobileClient:
             rows = np.asarray(members, dtype=np.int64)
             prior = logits[rows, :boundary].astype(np.float32)
             meta = HandoffMeta.build(
-                prior, budget_ms=wait_s * WAIT_SHARE * 1000, force_tier=None,
+                prior, budget_ms=min(wait_s * WAIT_SHARE * 1000, MAX_BUDGET_MS), force_tier=None,
                 features=feature[rows] if self.policy_features else None,
             )  # fmt: skip
             if boundary == 0:
@@ -263,7 +269,7 @@ class MobileClient:
         except HandoffFailed as failure:
             log.warning("%d sample(s) answered on the device, degraded (%s): %s", len(members), failure.category, failure.detail)
             return failure, (time.perf_counter() - sent) * 1000
-        return dict(zip(members, response.answers)), rtt_ms
+        return dict(zip(members, response.answers)), max(0.0, rtt_ms - response.server_ms)  # the hop, as relay counts it
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import torch
 
 from tiers import (
     CONTENT_TYPE,
+    MAX_BUDGET_MS,
     TIERS,
     TOKENS_CONTENT_TYPE,
     SegmentInput,
@@ -30,8 +31,8 @@ from tiers import (
     HandoffMeta,
     encode_meta,
     encode_tokens,
+    handoff_group_size,
     handoff_target,
-    meta_size,
     hop_payload_size,
     token_payload_size,
 )
@@ -52,7 +53,6 @@ MIN_HANDOFF_BUDGET_S = 0.02
 WAIT_SHARE = 0.9
 #: Hidden states of at most this many values (tokens x hidden) are encoded on the event loop, not in a thread.
 INLINE_ENCODE_VALUES = 64 * 1024
-MAX_BUDGET_MS = 3_600_000.0  # tiers.codec.MAX_BUDGET_MS: HandoffMeta's upper bound
 
 
 @dataclass
@@ -158,17 +158,14 @@ class TierRelay:
         )
 
     def _handoff_group_size(self, batch: _Batch, members: list[int], boundary: int) -> int:
-        """Most samples per handoff request such that its metadata section stays under max_meta_bytes (prior
-        logits and routing features grow with the batch) and the receiver's max_texts is respected."""
-        classes = int(self.info.num_labels)
+        """Most samples per handoff request (`tiers.codec.handoff_group_size` under this tier's limits)."""
         width = 0
         if self.policy_features and members and batch.results[members[0]].feature is not None:
             width = int(np.asarray(batch.results[members[0]].feature).shape[0])
-        per_sample = meta_size(1, boundary, classes, width) - meta_size(0, 0, 0)
-        if batch.distortions is not None:
-            per_sample += 1 + max(len(kind) for kind in batch.distortions)
-        room = max(1, (self.settings.max_meta_bytes - meta_size(0, 0, 0)) // max(1, per_sample))
-        return int(min(room, self.settings.max_texts))
+        longest = None if batch.distortions is None else max(len(kind) for kind in batch.distortions)
+        return handoff_group_size(
+            self.settings.max_meta_bytes, self.settings.max_texts, boundary, int(self.info.num_labels), width, longest
+        )
 
     async def _forward(self, batch: _Batch, target: str, boundary: int, group: np.ndarray) -> list[Answer]:
         """Hand the `group` samples to `target` at `boundary`; on any failure answer them here, degraded: at

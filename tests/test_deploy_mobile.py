@@ -209,6 +209,7 @@ def test_client_answers_through_real_edge_and_cloud_services(run_dir, device, tm
             served = http.post(f"{group.mobile_url}/v1/classify", json={"texts": texts}).json()["predictions"]
         wrong = MobileClient(folder, group.urls["edge"], group.urls["cloud"], "not-the-token-" + "x" * 20, timeout_s=30)
         refused = wrong.classify(texts)
+    assert len(answers) == len(served) == len(reference) == len(texts) == len(refused)  # zip below must not truncate
     for i, (answer, want, ref) in enumerate(zip(answers, served, reference)):
         assert not answer.degraded, (i, answer.degraded_reason)
         assert answer.route == routes[i] == want["route"], i

@@ -125,6 +125,13 @@ def test_cli_no_run_folder_is_exit_2(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
+def test_cli_detach_without_a_cluster_is_exit_2(run_dir, capsys):
+    """A local Ray instance ends with the command, so --detach there would tear down what it just deployed."""
+    assert main(["serve-ray", str(run_dir), "--detach"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--detach needs a running cluster" in err and len(err.splitlines()) == 1
+
+
 def test_cli_writes_rays_yaml(run_dir, tmp_path, capsys):
     out = tmp_path / "serve.yaml"
     assert main(["serve-ray", str(run_dir), "--replicas", "edge=2", "--write-config", str(out)]) == 0

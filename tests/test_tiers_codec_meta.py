@@ -140,3 +140,19 @@ def test_codec_encodes_without_torch():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_group_size_keeps_the_metadata_section_within_the_receivers_limit():
+    from tiers import handoff_group_size
+
+    # 2 prior exits x 2 classes + a 384-wide routing feature = 388 floats = 1552 bytes per sample
+    size = handoff_group_size(64 * 1024, 64, 2, 2, 384)
+    assert size == (64 * 1024 - meta_size(0, 0, 0)) // 1552 == 42
+    assert meta_size(size, 2, 2, 384) <= 64 * 1024 < meta_size(size + 1, 2, 2, 384)
+    assert handoff_group_size(64 * 1024, 64, 2, 2) == 64  # no features: max_texts binds
+    assert handoff_group_size(1024, 64, 2, 2, 4096) == 1  # never zero
+
+
+def test_a_distortion_name_with_a_trailing_newline_is_refused():
+    with pytest.raises(HandoffFormatError, match="distortion type"):
+        HandoffMeta.build(np.zeros((1, 1, 2), np.float32), 100.0, None, distortions=["clean\n"])

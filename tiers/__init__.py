@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "encode_tokens": "codec",
     "hop_payload_size": "codec",
     "meta_size": "codec",
+    "handoff_group_size": "codec",
+    "MAX_BUDGET_MS": "codec",
     "payload_size": "codec",
     "token_payload_size": "codec",
     "CostModel": "cost",
@@ -102,7 +104,7 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:  # static tools see the eager imports
     from .channel import Channel, ChannelError, TransmissionOutcome, add_awgn, measured_snr_db, signal_power  # noqa: F401
-    from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, HandoffMeta, TOKENS_CONTENT_TYPE, TokenBatch, decode_handoff, decode_hidden_message, decode_meta, decode_token_message, decode_tokens, encode_handoff, encode_hidden_message, encode_meta, encode_token_message, encode_tokens, hop_payload_size, meta_size, payload_size, token_payload_size  # noqa: F401
+    from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, HandoffMeta, TOKENS_CONTENT_TYPE, TokenBatch, decode_handoff, decode_hidden_message, decode_meta, decode_token_message, decode_tokens, encode_handoff, encode_hidden_message, encode_meta, encode_token_message, encode_tokens, handoff_group_size, hop_payload_size, meta_size, payload_size, token_payload_size, MAX_BUDGET_MS  # noqa: F401
     from .cost import CostModel, CostModelError, HOPS  # noqa: F401
     from .arch import LayerAdapter, UnsupportedArchitectureError, adapter_for, supported_model_types  # noqa: F401
     from .encoders import MPNET_DIR_ENV, MPNET_OFFLINE, OFFLINE_ENCODER, ModelInstallError, check_mpnet_folder, install_mpnet, mpnet_dir, resolve_encoder  # noqa: F401

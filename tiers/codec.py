@@ -300,7 +300,7 @@ FORCE_TIERS: tuple[str, ...] = ("mobile", "edge", "cloud")  # tiers.plan.TIERS, 
 MAX_BUDGET_MS = 3_600_000.0
 MAX_META_WIDTH = 65_536  # largest c, d or k accepted (a model's labels, hidden size, layers)
 #: A distortion type's name as it travels between tiers (the receiving tier checks it against its experts).
-DISTORTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+DISTORTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}")  # used with fullmatch (no trailing newline)
 _FEATURES, _DISTORTIONS = 1, 2
 
 
@@ -343,7 +343,7 @@ class HandoffMeta:
             names = tuple(str(name) for name in self.distortions)
             if len(names) != self.n:
                 raise HandoffFormatError(f"{len(names)} distortion types for {self.n} samples")
-            bad = [name for name in names if not DISTORTION_NAME.match(name)]
+            bad = [name for name in names if not DISTORTION_NAME.fullmatch(name)]
             if bad:
                 raise HandoffFormatError(f"distortion type {bad[0][:80]!r} does not match {DISTORTION_NAME.pattern}")
             object.__setattr__(self, "distortions", names)
@@ -388,6 +388,24 @@ def meta_size(n: int, prior_exits: int, num_labels: int, feature_dim: int = 0, d
     """Exact byte size of a metadata section (senders size their groups with it)."""
     names = 0 if distortions is None else sum(1 + len(name) for name in distortions)
     return _META_HEADER.size + 4 * n * (prior_exits * num_labels + feature_dim) + names
+
+
+def handoff_group_size(
+    max_meta_bytes: int,
+    max_texts: int,
+    prior_exits: int,
+    num_labels: int,
+    feature_dim: int = 0,
+    longest_distortion: int | None = None,
+) -> int:
+    """Most samples one handoff request may carry so that its metadata section stays within the receiver's
+    `max_meta_bytes` (prior logits and routing features grow with the group) and its `max_texts`; every sender
+    (a served tier, the device client) sizes its groups with this."""
+    per_sample = meta_size(1, prior_exits, num_labels, feature_dim) - meta_size(0, 0, 0)
+    if longest_distortion is not None:
+        per_sample += 1 + longest_distortion
+    room = max(1, (max_meta_bytes - meta_size(0, 0, 0)) // max(1, per_sample))
+    return int(min(room, max_texts))
 
 
 def encode_meta(meta: HandoffMeta) -> bytes:
