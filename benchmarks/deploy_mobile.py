@@ -223,6 +223,9 @@ def render(r: dict, m: int) -> str:
         f"tokenizer.json. torch {r['versions']['torch']}, onnxruntime {r['versions']['onnxruntime']}, one thread each. "
         "One run on a shared 2-core machine: the ratios carry over, the milliseconds do not.",
         "",
+        "Edge and cloud scaled out on Ray Serve (requests/s and p50/p99 at 32 clients with 1 and 2 edge replicas, "
+        "and the replica-kill run) are in [`deploy_ray.md`](deploy_ray.md) (`benchmarks/ray_serve_bench.py`).",
+        "",
         "```bash",
         r["command"],
         "```",
