@@ -101,7 +101,12 @@ def _serve(args: argparse.Namespace, scaling, run_dir: Path) -> int:
     replicas = sum(s.max_replicas for s in scaling.values())
     try:
         if args.address:
-            ray.init(address=args.address, log_to_driver=False)
+            try:
+                ray.init(address=args.address, log_to_driver=False)
+            except ConnectionError as err:  # no cluster there: a user's address, not a bug
+                print(f"error: cannot reach a Ray cluster at {args.address!r} ({err}); start one with `ray start "
+                      "--head` or check --address", file=sys.stderr)  # fmt: skip
+                return 2
         else:  # a local instance: enough logical CPUs for every replica (a small machine shares its cores)
             cpus = max(os.cpu_count() or 1, int(replicas * args.replica_cpus + 0.999))
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
