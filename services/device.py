@@ -49,7 +49,7 @@ from tiers.run import read_run_info
 from tiers.text import check_lengths, check_texts
 
 from .handoff import HandoffFailed, make_client, post_handoff
-from .policy import ThresholdPolicy, load_policy, policy_actions, read_temperatures, softmax, wants_features
+from .policy import ThresholdPolicy, exit_answer, load_policy, policy_actions, read_temperatures, wants_features
 from .schemas import Answer
 from .settings import TierSettings
 
@@ -167,23 +167,11 @@ class MobileClient:
         return run_segment(self.plan, "mobile", np.zeros(logits.shape[0], dtype=np.int64), step, lambda rows, k: None)
 
     def answer(self, row_logits: np.ndarray, exit_index: int, depth: int, reason: str | None = None, **extra) -> Answer:
-        """Mobile's answer at `exit_index` from one sample's logits of exits 1..m (as `services.relay`)."""
-        row = row_logits[exit_index - 1]
-        common = dict(
-            exit=exit_index, tier="mobile", degraded=reason is not None, degraded_reason=reason,
-            route=["mobile@0"], depth=int(depth), **extra,
+        """Mobile's answer at `exit_index` from one sample's logits of exits 1..m (the served tiers' builder)."""
+        return exit_answer(
+            row_logits, exit_index, "mobile", ["mobile@0"], depth, self.info.label_names, self.temperatures, reason,
+            **extra,
         )  # fmt: skip
-        if self.info.num_labels == 1:
-            return Answer(label=None, label_name=None, probabilities=None, score=float(row[0]), **common)
-        temperature = 1.0 if self.temperatures is None else float(self.temperatures[exit_index - 1])
-        label = int(np.argmax(row))
-        names = self.info.label_names
-        return Answer(
-            label=label,
-            label_name=names[label] if label < len(names) else str(label),
-            probabilities=softmax(row, temperature).tolist(),
-            **common,
-        )
 
     # ---- one request ---------------------------------------------------------------------------------------
     def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Answer]:

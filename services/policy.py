@@ -36,6 +36,8 @@ from tiers import (
 from tiers.run import POLICY_FILE, TemperatureFileError
 from tiers.run import read_temperatures as read_run_temperatures
 
+from .schemas import Answer
+
 
 log = logging.getLogger("services.policy")
 
@@ -57,6 +59,37 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = scaled - scaled.max(axis=-1, keepdims=True)
     weights = np.exp(scaled)
     return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def exit_answer(
+    row_logits: np.ndarray,
+    exit_index: int,
+    tier: str,
+    route: list[str],
+    depth: int,
+    label_names: list[str],
+    temperatures: np.ndarray | None,
+    reason: str | None = None,
+    **extra: Any,
+) -> Answer:
+    """The answer at `exit_index` (1-based) from one sample's logits of exits 1..depth: a score for a
+    regression head, else the label, its name and the (temperature-scaled) probabilities. Served tiers and the
+    device client build every answer here."""
+    row = row_logits[exit_index - 1]
+    common = dict(
+        exit=exit_index, tier=tier, degraded=reason is not None, degraded_reason=reason, route=route,
+        depth=int(depth), **extra,
+    )  # fmt: skip
+    if row.shape[0] == 1:
+        return Answer(label=None, label_name=None, probabilities=None, score=float(row[0]), **common)
+    temperature = 1.0 if temperatures is None else float(temperatures[exit_index - 1])
+    label = int(np.argmax(row))
+    return Answer(
+        label=label,
+        label_name=label_names[label] if label < len(label_names) else str(label),
+        probabilities=softmax(row, temperature).tolist(),
+        **common,
+    )
 
 
 def read_temperatures(run_dir: str | Path, num_layers: int) -> np.ndarray | None:

@@ -41,7 +41,7 @@ from tiers.experts import CLEAN
 
 from .engine import pad_hidden
 from .handoff import HandoffFailed, InputError, post_handoff
-from .policy import softmax
+from .policy import exit_answer
 from .schemas import Answer, CostReport, HandoffResponse, Prediction
 
 log = logging.getLogger("services.tier")  # the tier's logger: one name for all of a tier's messages
@@ -135,27 +135,10 @@ class TierRelay:
     ) -> Answer:
         """The answer at `exit_index` (1-based) from one sample's logits of exits 1..depth, given here after
         entering at boundary `entry` and running to layer `depth`."""
-        row = logits_seen[exit_index - 1]
-        common = dict(
-            exit=exit_index,
-            tier=self.tier,
-            degraded=reason is not None,
-            degraded_reason=reason,
-            route=[f"{self.tier}@{entry}"],
-            depth=int(depth),
-            wall_ms=wall_ms,
-        )
-        if self.info.num_labels == 1:
-            return Answer(label=None, label_name=None, probabilities=None, score=float(row[0]), **common)
-        temperature = 1.0 if self.temperatures is None else float(self.temperatures[exit_index - 1])
-        label = int(np.argmax(row))
-        names = self.info.label_names
-        return Answer(
-            label=label,
-            label_name=names[label] if label < len(names) else str(label),
-            probabilities=softmax(row, temperature).tolist(),
-            **common,
-        )
+        return exit_answer(
+            logits_seen, exit_index, self.tier, [f"{self.tier}@{entry}"], depth, self.info.label_names,
+            self.temperatures, reason, wall_ms=wall_ms,
+        )  # fmt: skip
 
     def _handoff_group_size(self, batch: _Batch, members: list[int], boundary: int) -> int:
         """Most samples per handoff request (`tiers.codec.handoff_group_size` under this tier's limits)."""
