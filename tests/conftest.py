@@ -12,53 +12,37 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)  # tiny models: one thread is fastest, and services tests run processes beside pytest
 
 
-def tiny_bert_config(num_layers: int = 4, hidden: int = 32, vocab: int = 120):
-    from transformers import BertConfig
-
-    return BertConfig(
+def _tiny(num_layers: int, hidden: int, vocab: int, positions: int) -> dict:
+    """What every tiny random-init config shares: 4 heads, a 2x feed-forward, no dropout."""
+    return dict(
         vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         intermediate_size=2 * hidden,
-        max_position_embeddings=64,
+        max_position_embeddings=positions,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
+
+
+def tiny_bert_config(num_layers: int = 4, hidden: int = 32, vocab: int = 120):
+    from transformers import BertConfig
+
+    return BertConfig(**_tiny(num_layers, hidden, vocab, 64))
 
 
 def tiny_roberta_config(num_layers: int = 4, hidden: int = 32, vocab: int = 120):
     from transformers import RobertaConfig
 
-    return RobertaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=70,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=1,
-    )
+    return RobertaConfig(**_tiny(num_layers, hidden, vocab, 70), pad_token_id=1)
 
 
 def tiny_mpnet_config(num_layers: int = 4, hidden: int = 32, vocab: int = 120):
     """MPNet: relative position bias between layers (pad id 1, as the real all-mpnet-base-v2)."""
     from transformers import MPNetConfig
 
-    return MPNetConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=70,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        relative_attention_num_buckets=32,
-        pad_token_id=1,
-    )
+    return MPNetConfig(**_tiny(num_layers, hidden, vocab, 70), relative_attention_num_buckets=32, pad_token_id=1)
 
 
 def random_batch(batch: int, seq: int, vocab: int, seed: int = 0):
