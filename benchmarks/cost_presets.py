@@ -12,8 +12,6 @@ Pareto area on validation.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,9 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cache_report import command_line, write_results  # noqa: E402
 from glue_eval.report import BASELINES, DIMEE_VARIANTS, _summary, markdown_table, report_tables  # noqa: E402
 from glue_eval.scoreboard import scoreboard  # noqa: E402
 from tiers import CostModel  # noqa: E402
@@ -58,22 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     board = pd.concat(boards, ignore_index=True)
     summary = summary[["task", "preset", *[c for c in summary.columns if c not in ("task", "preset")]]]
     board = board[["task", "preset", *[c for c in board.columns if c not in ("task", "preset")]]]
-    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cost_presets.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
-    data = {"command": command.strip(), "seconds": round(time.time() - start, 1),
+    data = {"command": command_line("benchmarks/cost_presets.py", argv), "seconds": round(time.time() - start, 1),
             "presets": {p: CostModel.preset(p).to_dict() for p in args.presets},
             "summary": summary.to_dict(orient="records"), "scoreboard": board.to_dict(orient="records")}  # fmt: skip
-    out = ROOT / args.out
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
     ahead = board.groupby("preset", sort=False)["dimee_at_or_above"].apply(lambda v: int(v.fillna(False).astype(bool).sum()))
-    lines = [
-        "# GLUE under each cost preset: DIMEE and the baselines",
-        "",
-        f"Command: `{data['command']}` ({data['seconds']} s on this machine's CPU, from the committed caches).",
-        "",
-        __doc__.split("\n\n")[1].replace("\n", " "),
-        "",
+    intro = __doc__.split("\n\n")[1].replace("\n", " ")
+    write_results(ROOT / args.out, data, "GLUE under each cost preset: DIMEE and the baselines", intro, [
         "Presets (`tiers.CostModel.preset`; `to_dict` in the JSON): `default` is the README's cost model, "
         "`splitee` is SplitEE's (lambda = 0.1 per layer on every tier, offloading o = 0.3 per hop).",
         "",
@@ -89,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         markdown_table(board.sort_values(["task", "preset"], kind="stable")),
         "",
-    ]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print(f"wrote {out.with_suffix('.md')} ({data['seconds']} s)")
+    ])  # fmt: skip
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cache_report import command_line, write_results  # noqa: E402
 from glue_eval.report import markdown_table, report_tables  # noqa: E402
 from tiers import read_run_info  # noqa: E402
 
@@ -78,20 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ])  # fmt: skip
     wide = cell.pivot_table(index=["task", "policy"], columns="model", values="cell", aggfunc="first", sort=False)
     wide = wide.reset_index()[["task", "policy", args.shallow, args.deep]]
-    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/depth_comparison.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
-    data = {"command": command.strip(), "seconds": round(time.time() - start, 1), "per_exit": exits,
+    data = {"command": command_line("benchmarks/depth_comparison.py", argv), "seconds": round(time.time() - start, 1), "per_exit": exits,
             "operating_point": json.loads(cut.to_json(orient="records"))}  # fmt: skip
-    out = ROOT / args.out
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    lines = [
-        f"# Depth: {args.shallow} vs {args.deep}, per task",
-        "",
-        f"Command: `{data['command']}` ({data['seconds']} s, from the committed caches).",
-        "",
-        __doc__.split("\n\n")[1].replace("\n", " "),
-        "",
+    write_results(ROOT / args.out, data, f"Depth: {args.shallow} vs {args.deep}, per task", __doc__.split("\n\n")[1].replace("\n", " "), [
         "## Per-exit validation metric (x100) and training time",
         "",
         "`majority class`: the accuracy of always answering the most frequent validation label. A run whose exits "
@@ -104,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         markdown_table(wide),
         "",
-    ]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print(f"wrote {out.with_suffix('.md')}")
+    ])  # fmt: skip
     return 0
 
 

@@ -13,8 +13,6 @@ validation column shows whether that carries over to held-out data.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,9 @@ from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cache_report import command_line, write_results  # noqa: E402
 from clustering import DimeePolicy  # noqa: E402
 from glue_eval.report import MU_GRID, Tunable, markdown_table, report_tables, run_temperatures, tunable_policies  # noqa: E402
 from glue_eval.scoreboard import scoreboard  # noqa: E402
@@ -104,13 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     ablation = pd.DataFrame(rows)
     thresholds = table[table["policy"] == "threshold"][["task", "cal_area", "val_area"]]
-    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dimee_ablation.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
-    out = ROOT / args.out
-    data = {"command": command.strip(), "seconds": round(time.time() - start, 1), "rows": ablation.to_dict(orient="records"),
+    data = {"command": command_line("benchmarks/dimee_ablation.py", argv), "seconds": round(time.time() - start, 1), "rows": ablation.to_dict(orient="records"),
             "threshold": thresholds.to_dict(orient="records")}
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
     grouped = ablation.groupby("variant", sort=False)
     mean = pd.DataFrame({
         "variant": list(grouped.groups),
@@ -121,13 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean cal_gain": grouped["cal_gain"].mean().round(3).to_numpy(),
         "mean val_gain": grouped["val_gain"].mean().round(3).to_numpy(),
     })
-    lines = [
-        "# DIMEE ablation: what each fitting choice buys, per task",
-        "",
-        f"Command: `{data['command']}` ({data['seconds']} s on this machine's CPU, from the committed caches).",
-        "",
-        __doc__.split("\n\n")[1].replace("\n", " "),
-        "",
+    intro = __doc__.split("\n\n")[1].replace("\n", " ")
+    write_results(ROOT / args.out, data, "DIMEE ablation: what each fitting choice buys, per task", intro, [
         "`cal_gain` / `val_gain`: area of the variant minus its base's (the row it changes one thing of: "
         + ", ".join(f"`{n}` from `{b}`" for n, b in base_of.items() if b)
         + "). `val_vs_threshold`: validation area minus the confidence threshold's (positive: DIMEE ahead).",
@@ -144,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         markdown_table(ablation),
         "",
-    ]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print(f"wrote {out.with_suffix('.md')} ({data['seconds']} s)")
+    ])  # fmt: skip
     return 0
 
 
