@@ -132,3 +132,32 @@ def test_unknown_field_is_refused():
     assert CostModel.from_dict(CostModel.splitee(0.4).to_dict()) == CostModel.splitee(0.4)
     # run.json files written before routes named the direct hop input_to_cloud
     assert CostModel.from_dict({"input_to_cloud": 0.7}).mobile_to_cloud == 0.7
+
+
+def test_route_costs_of_many_cost_models_equal_each_model_alone_bit_for_bit():
+    """path_costs_many / normalised_exit_costs_many count each field's units once per plan; the result is
+    what CostModel.route_units adds up for each model, to the last bit (ties between routes stay ties)."""
+    from tiers import LINEAR_FIELDS, TierPlan, enumerate_paths, normalised_exit_costs_many, path_costs_many, path_stops
+
+    rng = np.random.default_rng(3)
+    for plan in (TierPlan(2, 4, 6), TierPlan(4, 8, 12), TierPlan(1, 5, 6, edge_accepts=(1,), cloud_accepts=(0, 5))):
+        models = [CostModel(**dict(zip(LINEAR_FIELDS, map(float, v)))) for v in rng.uniform(0.01, 1.0, (25, 6))]
+        table = path_costs_many(models, plan)
+        exits = normalised_exit_costs_many(models, plan)
+        for model, row, chain in zip(models, table, exits):
+            for p, path in enumerate(enumerate_paths(plan)):
+                for j in range(plan.num_layers):
+                    if np.isnan(row[p, j]):
+                        continue
+                    units = model.route_units(path_stops(plan, path, j + 1), {})["total_units"]
+                    assert row[p, j] == units / model.reference_cost(plan)
+            assert np.array_equal(model.path_costs(plan), row, equal_nan=True)
+            assert np.array_equal(model.normalised_exit_costs(plan), chain)
+
+
+def test_a_cost_model_whose_reference_route_is_free_is_refused():
+    from tiers import TierPlan
+
+    free_cloud = CostModel(cloud_layer=0.0, mobile_to_cloud=0.0)
+    with pytest.raises(CostModelError, match="reference route costs 0"):
+        free_cloud.path_costs(TierPlan(2, 4, 6))

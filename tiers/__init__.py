@@ -43,6 +43,9 @@ _EXPORTS: dict[str, str] = {
     "CostModel": "cost",
     "CostModelError": "cost",
     "HOPS": "cost",
+    "LINEAR_FIELDS": "cost",
+    "path_costs_many": "cost",
+    "normalised_exit_costs_many": "cost",
     "CheckpointError": "model",
     "EarlyExitModel": "model",
     "ExitConfig": "model",
@@ -105,7 +108,7 @@ _EXPORTS: dict[str, str] = {
 if TYPE_CHECKING:  # static tools see the eager imports
     from .channel import Channel, ChannelError, TransmissionOutcome, add_awgn, measured_snr_db, signal_power  # noqa: F401
     from .codec import CONTENT_TYPE, ENCODINGS, Handoff, HandoffFormatError, HandoffMeta, TOKENS_CONTENT_TYPE, TokenBatch, decode_handoff, decode_hidden_message, decode_meta, decode_token_message, decode_tokens, encode_handoff, encode_hidden_message, encode_meta, encode_token_message, encode_tokens, handoff_group_size, hop_payload_size, meta_size, payload_size, token_payload_size, MAX_BUDGET_MS  # noqa: F401
-    from .cost import CostModel, CostModelError, HOPS  # noqa: F401
+    from .cost import CostModel, CostModelError, HOPS, LINEAR_FIELDS, normalised_exit_costs_many, path_costs_many  # noqa: F401
     from .arch import LayerAdapter, UnsupportedArchitectureError, adapter_for, supported_model_types  # noqa: F401
     from .encoders import MPNET_DIR_ENV, MPNET_OFFLINE, OFFLINE_ENCODER, ModelInstallError, check_mpnet_folder, install_mpnet, mpnet_dir, resolve_encoder  # noqa: F401
     from .model import CheckpointError, EarlyExitModel, ExitConfig, ExitHead, read_exit_config  # noqa: F401

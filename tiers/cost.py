@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 
@@ -166,16 +168,15 @@ class CostModel:
     ) -> np.ndarray:
         """Normalised cost of answering at exit j by route p: [P, L] without token counts, [n, P, L] with
         them (payload sizes then follow each sample's length). NaN where route p cannot answer at exit j."""
+        if token_counts is None:
+            return path_costs_many([self], plan, paths)[0]
         paths = enumerate_paths(plan) if paths is None else paths
         L = plan.num_layers
-        counts = None if token_counts is None else np.asarray(token_counts, dtype=np.int64)
-        shape = (len(paths), L) if counts is None else (counts.shape[0], len(paths), L)
-        table = np.full(shape, np.nan)
-        sizes: dict[int, np.ndarray | float] = {}
+        counts = np.asarray(token_counts, dtype=np.int64)
+        table = np.full((counts.shape[0], len(paths), L), np.nan)
+        sizes: dict[int, np.ndarray] = {}
 
-        def size(boundary: int) -> np.ndarray | float:
-            if counts is None:
-                return 0.0
+        def size(boundary: int) -> np.ndarray:
             if boundary not in sizes:
                 sizes[boundary] = np.array(
                     [hop_payload_size([c], boundary, hidden_size, encoding) for c in counts], dtype=float
@@ -188,22 +189,94 @@ class CostModel:
             for j in range(max(1, first), last + 1):
                 stops = path_stops(plan, path, j)
                 payload = {f"{a.tier}_{b.tier}": size(b.entry) for a, b in zip(stops[:-1], stops[1:])}
-                cost = self.route_units(stops, payload)["total_units"] / reference
-                if counts is None:
-                    table[p, j - 1] = cost
-                else:
-                    table[:, p, j - 1] = cost
+                table[:, p, j - 1] = self.route_units(stops, payload)["total_units"] / reference
         return table
+
+    def linear_values(self) -> np.ndarray:
+        """The fields a cost without payload charges is linear in (``LINEAR_FIELDS``), as a vector."""
+        return np.array([getattr(self, name) for name in LINEAR_FIELDS], dtype=np.float64)
 
     def exit_costs(self, plan: TierPlan) -> np.ndarray:
         """Cost units of answering at each exit on the linear route mobile -> edge -> cloud, [L]."""
-        return np.array(
-            [
-                self.route_units(path_stops(plan, chain_path(plan, j), j), {})["total_units"]
-                for j in range(1, plan.num_layers + 1)
-            ]
-        )
+        return _combine(self.linear_values()[None, :], _chain_units(plan))[0]
 
     def normalised_exit_costs(self, plan: TierPlan) -> np.ndarray:
         """`exit_costs` / the reference route's cost, [L]."""
-        return self.exit_costs(plan) / self.reference_cost(plan)
+        return normalised_exit_costs_many([self], plan)[0]
+
+
+# ---- costs without payload charges, for many cost models at once ------------------------------------------
+#: The fields in the order :meth:`CostModel.route_units` adds a route's terms: compute per tier (mobile, edge,
+#: cloud), then each hop in route order (a route visits the tiers in that order, so its hops are a
+#: subsequence of these three).
+LINEAR_FIELDS: tuple[str, ...] = (
+    "mobile_layer", "edge_layer", "cloud_layer", "mobile_to_edge", "edge_to_cloud", "mobile_to_cloud",
+)  # fmt: skip
+
+
+def _unit_model(name: str) -> CostModel:
+    return CostModel(**{field: float(field == name) for field in LINEAR_FIELDS})
+
+
+@lru_cache(maxsize=256)
+def _path_units(plan: TierPlan, paths: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """What each linear field contributes to every (route, exit) [F, P, L] (NaN where the route cannot
+    answer) and to the reference route [F]: :meth:`CostModel.route_units` under a model with that field 1
+    and the others 0 (layer counts and hop counts, so exact)."""
+    units = np.full((len(LINEAR_FIELDS), len(paths), plan.num_layers), np.nan)
+    reference = np.empty(len(LINEAR_FIELDS))
+    for f, name in enumerate(LINEAR_FIELDS):
+        unit = _unit_model(name)
+        reference[f] = unit.reference_units(plan)
+        for p, path in enumerate(paths):
+            first, last = exit_span(plan, path)
+            for j in range(max(1, first), last + 1):
+                units[f, p, j - 1] = unit.route_units(path_stops(plan, path, j), {})["total_units"]
+    units.setflags(write=False)
+    reference.setflags(write=False)
+    return units, reference
+
+
+@lru_cache(maxsize=256)
+def _chain_units(plan: TierPlan) -> np.ndarray:
+    """Per linear field, its units for an answer at each exit on the linear route, [F, L]."""
+    units = np.array(
+        [
+            [_unit_model(name).route_units(path_stops(plan, chain_path(plan, j), j), {})["total_units"] for j in range(1, plan.num_layers + 1)]
+            for name in LINEAR_FIELDS
+        ]
+    )
+    units.setflags(write=False)
+    return units
+
+
+def _combine(values: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """sum_f values[:, f] * units[f], added term by term in ``LINEAR_FIELDS`` order: the same floating-point
+    operations as :meth:`CostModel.route_units` (a zero term adds nothing), so the result is bit-identical."""
+    out = np.zeros((values.shape[0],) + units.shape[1:])
+    for f in range(units.shape[0]):
+        out = out + values[:, f].reshape((-1,) + (1,) * (units.ndim - 1)) * units[f]
+    return out
+
+
+def path_costs_many(cost_models: Sequence[CostModel], plan: TierPlan, paths: Sequence[Path] | None = None) -> np.ndarray:
+    """:meth:`CostModel.path_costs` (no payload charges) of many cost models at once, [S, P, L]: a cost
+    model's route costs are linear in its fields, so each (route, exit)'s field units are counted once."""
+    key = tuple(enumerate_paths(plan) if paths is None else paths)
+    units, reference = _path_units(plan, key)
+    values = np.stack([c.linear_values() for c in cost_models]) if cost_models else np.zeros((0, len(LINEAR_FIELDS)))
+    totals = _combine(values, units)
+    refs = _combine(values, reference[:, None])[:, 0]
+    if (refs <= 0).any():
+        raise CostModelError(
+            "the all-cloud reference route costs 0 under this cost model, so costs cannot be normalised by it: "
+            "give cloud_layer (or mobile_to_cloud) a value > 0"
+        )
+    return totals / refs[:, None, None]
+
+
+def normalised_exit_costs_many(cost_models: Sequence[CostModel], plan: TierPlan) -> np.ndarray:
+    """:meth:`CostModel.normalised_exit_costs` of many cost models at once, [S, L]."""
+    values = np.stack([c.linear_values() for c in cost_models]) if cost_models else np.zeros((0, len(LINEAR_FIELDS)))
+    _, reference = _path_units(plan, tuple(enumerate_paths(plan)))
+    return _combine(values, _chain_units(plan)) / _combine(values, reference[:, None])
