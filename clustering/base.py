@@ -22,7 +22,8 @@ PolicyError and scikit-learn's NotFittedError.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -157,15 +158,22 @@ class ExitPolicy(BaseEstimator):
     def fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None = None) -> "ExitPolicy":
         """Fit on the held-out split's cached logits [n, L, C] and labels [n]; `features` [n, d] optional.
         `logits` may be an :class:`ExitData` carrying the features (then `features` stays None)."""
+        arr, y, feats = self._begin_fit(logits, labels, features)
+        with self._unfitted_on_failure():
+            self._fit(arr, y, feats)
+        return self
+
+    def _begin_fit(
+        self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Check the fit input and set the base fitted attributes; returns (logits, labels, features) checked."""
         logits, features = unpack_exit_data(logits, features)
         arr = as_logits(logits)
         n, num_layers, n_classes = arr.shape
         if n == 0:
             raise PolicyError("cannot fit a policy on zero samples")
         plan = self._resolve_plan(num_layers)
-        cost_model = getattr(self, "cost_model", None) or CostModel()
-        if not isinstance(cost_model, CostModel):
-            raise PolicyError(f"cost_model must be a tiers.CostModel, got {type(cost_model).__name__}")
+        cost_model = self._resolve_cost_model()
         temps = check_temperatures(getattr(self, "temperatures", None), num_layers)
         if labels is None:
             if self.fit_requires_labels:
@@ -180,13 +188,33 @@ class ExitPolicy(BaseEstimator):
         self.n_classes_ = n_classes
         self.n_features_ = None if feats is None else int(feats.shape[1])
         self.temperatures_ = temps
+        return arr, y, feats
+
+    def _begin_fit_like(self, other: "ExitPolicy") -> None:
+        """Set the base fitted attributes that `_begin_fit` would set on the data `other` began its fit on: a
+        clone of `other` that differs in its cost model (and the subclass's own parameters) only."""
+        for name in _BASE_FITTED:
+            setattr(self, name, getattr(other, name))
+        self.cost_model_ = self._resolve_cost_model()
+
+    def _resolve_cost_model(self) -> CostModel:
+        cost_model = getattr(self, "cost_model", None) or CostModel()
+        if not isinstance(cost_model, CostModel):
+            raise PolicyError(f"cost_model must be a tiers.CostModel, got {type(cost_model).__name__}")
+        return cost_model
+
+    @contextmanager
+    def _unfitted_on_failure(self) -> Iterator[None]:
+        """A failed fit leaves the policy unfitted, not half-fitted."""
         try:
-            self._fit(arr, y, feats)
+            yield
         except BaseException:
-            for name in _BASE_FITTED:  # a failed fit leaves the policy unfitted, not half-fitted
-                self.__dict__.pop(name, None)
+            self._forget_fit()
             raise
-        return self
+
+    def _forget_fit(self) -> None:
+        for name in _BASE_FITTED:
+            self.__dict__.pop(name, None)
 
     def _resolve_plan(self, num_layers: int) -> TierPlan:
         plan = getattr(self, "plan", None)

@@ -449,6 +449,12 @@ class RandomTierPolicy(ExitPolicy):
 
 
 # ---- oracle -----------------------------------------------------------------------------------------------
+def cheapest_first(exits: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """The order in which the oracle tries its candidates (exit, cost): cheapest first; ties -> the earlier
+    exit. Its answers depend on the cost model through this order only."""
+    return np.lexsort((exits, costs))
+
+
 @register_policy
 class OraclePolicy(ExitPolicy):
     """Lower bound on cost: each sample at the cheapest exit that is right (L if none). Needs the true labels
@@ -481,8 +487,7 @@ class OraclePolicy(ExitPolicy):
         correct = per_exit_correct(arr, y, self.regression_tolerance)
         table = path_table(self.plan_)
         routes, exits = table.candidates(0)
-        costs = self.normalised_path_costs()[routes, exits - 1]
-        order = np.lexsort((exits, costs))  # cheapest first; ties -> the earlier exit
+        order = cheapest_first(exits, self.normalised_path_costs()[routes, exits - 1])
         routes, exits = routes[order], exits[order]
         hits = correct[:, exits - 1]
         fallback_route = table.index(reference_path(self.plan_))

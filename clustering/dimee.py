@@ -58,18 +58,27 @@ Cascade mode routes on exit profiles only: it does not combine with ``feature="e
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
 
-from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, TIERS, CostModel, TierPlan, exit_span
+from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, TIERS, CostModel, TierPlan, exit_span, path_costs_many
 
 from .base import ExitPolicy, register_policy
 from .baselines import ThresholdPolicy
 from .errors import PolicyError
 from .profiles import REGRESSION_TOLERANCE, exit_profile, per_exit_correct
-from .routing import chain_actions, follow_targets, path_table
-from .stages import ClusterSettings, RoutingStage, cheapest_correct_candidates, fit_cluster_stage, fit_pool_stage
+from .routing import Outcome, chain_actions, follow_targets, path_table
+from .stages import (
+    ClusterSettings,
+    LinearRewards,
+    RoutingStage,
+    cheapest_correct_candidates,
+    fit_cluster_stage,
+    fit_cluster_stages,
+    fit_pool_stage,
+)
 
 ASSIGNMENTS: tuple[str, ...] = ("clusters", "pools")
 POOL_RULES: tuple[str, ...] = ("oracle", "threshold")
@@ -83,6 +92,32 @@ CONTINUE = 0  # a cascade stage's "exit" for a cluster that continues to the nex
 
 
 # ---- the policy -------------------------------------------------------------------------------------------
+def _fit_per_tier_clusters(
+    policies: list["DimeePolicy"], logits: np.ndarray, features: np.ndarray | None, correct: np.ndarray
+) -> None:
+    """Stage 1 of per-tier cluster policies that differ in cost model and mu only, all at once (one policy:
+    its ``fit``): the features, candidates and clusterings are shared, every policy's choices made together
+    (``fit_cluster_stages``), and the fit-data outcome computed once per distinct fitted routing."""
+    first = policies[0]
+    x1 = first._stage1_features(logits, features)
+    routes, exits = first._candidates(1)
+    costs = path_costs_many([p.cost_model_ for p in policies], first.plan_, list(first.paths_.paths))  # [S, P, L]
+    mus = np.array([float(p.mu) for p in policies])
+    penalty = mus[:, None] * costs[:, routes, exits - 1]
+    index = np.arange(routes.size, dtype=np.int64)
+    fitted = fit_cluster_stages(x1, LinearRewards(correct[:, exits - 1], penalty), index, first._cluster_settings())
+    outcomes: dict[str, Outcome] = {}
+    for policy, (stage, k, cv), path_costs in zip(policies, fitted, costs):
+        chosen = stage.exits
+        stage.routes, stage.exits = routes[chosen], exits[chosen]
+        policy.stage1_, policy.n_clusters_, policy.cv_rewards_ = stage, k, cv
+        policy.stage2_, policy.edge_n_clusters_, policy.edge_cv_rewards_ = None, 0, {}
+        key = policy.routing_digest()
+        if key not in outcomes:
+            outcomes[key] = policy.predict_outcome(logits, features)
+        policy._set_fit_summary_from(outcomes[key], correct, path_costs)
+
+
 @register_policy
 class DimeePolicy(ExitPolicy):
     """DIMEE tier selection by clustering (module doc). Fitted attributes: ``stage1_``, ``stage2_`` (or
@@ -283,13 +318,74 @@ class DimeePolicy(ExitPolicy):
         return correct[:, exits - 1] - self.mu * self._candidate_costs(routes, exits)[None, :]
 
     # ---- fitting ----------------------------------------------------------------------------------
-    def _fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None) -> None:
-        self._validate_params()
-        correct = per_exit_correct(logits, labels, self.regression_tolerance)
+    def fit_many(
+        self,
+        settings: Sequence[tuple[CostModel | None, float]],
+        logits: np.ndarray,
+        labels: np.ndarray | None,
+        features: np.ndarray | None = None,
+    ) -> list["DimeePolicy"]:
+        """One copy of this policy per (cost model, mu) of `settings`, each fitted to the state ``fit`` gives
+        it (``fit`` runs this same code for one setting). The per-tier cluster policy (no cascade, no edge
+        stage, ``assignment="clusters"``) shares its features, candidates and clusterings across the
+        settings and makes every setting's choices at once, which is what makes a cost sweep fast; any other
+        configuration is fitted setting by setting."""
+        params = self.get_params(deep=False)
+        policies = [type(self)(**{**params, "cost_model": cost, "mu": float(mu)}) for cost, mu in settings]
+        if not policies:
+            return []
+        if not self._per_tier_clusters():
+            return [policy.fit(logits, labels, features) for policy in policies]
+        first = policies[0]
+        arr, y, feats = first._begin_fit(logits, labels, features)
+        for policy in policies[1:]:
+            policy._begin_fit_like(first)
+        try:
+            for policy in policies:
+                policy._validate_params()
+                policy._reset_fitted_state()
+            correct = per_exit_correct(arr, y, first.regression_tolerance)
+            _fit_per_tier_clusters(policies, arr, feats, correct)
+        except BaseException:
+            for policy in policies:  # as fit: a failed fit leaves every copy unfitted
+                policy._forget_fit()
+            raise
+        return policies
+
+    def _per_tier_clusters(self) -> bool:
+        return self.decision_exits is None and self.assignment == "clusters" and not self.edge_stage
+
+    def _reset_fitted_state(self) -> None:
         self.decision_exits_ = self._resolve_decision_exits()
         self.cascade_stages_, self.cascade_n_clusters_, self.cascade_cv_rewards_ = [], [], []
         self.__dict__.pop("pool_threshold_", None)
         self.entry_stage_, self.entry_n_clusters_, self.entry_cv_rewards_ = None, 0, {}
+
+    def routing_digest(self) -> str:
+        """Digest of everything that decides a sample's route and exit: the fitted stages, plan, features
+        and temperatures (not the fit summaries). Two fitted copies of one policy that differ in cost model
+        or mu only, with equal digests, answer every input alike."""
+        self._check_fitted()
+        h = hashlib.blake2b(digest_size=16)
+        stages = [self.stage1_, self.stage2_, *self.cascade_stages_, getattr(self, "entry_stage_", None)]
+        for stage in stages:
+            arrays = [] if stage is None else [stage.mean, stage.scale, stage.centers, stage.exits, stage.routes]
+            for arr in arrays:
+                h.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode())
+            h.update(b"|")
+        temps = None if self.temperatures_ is None else np.asarray(self.temperatures_, dtype=np.float64).tobytes()
+        exits = None if self.decision_exits_ is None else self.decision_exits_.tolist()
+        extra = (self.plan_, exits, self.feature, tuple(self.profile_features), self.n_features_, temps)
+        h.update(repr(extra).encode())
+        return h.hexdigest()
+
+    def _fit(self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None) -> None:
+        self._validate_params()
+        correct = per_exit_correct(logits, labels, self.regression_tolerance)
+        self._reset_fitted_state()
+        if self._per_tier_clusters():
+            _fit_per_tier_clusters([self], logits, features, correct)
+            return
         if self.decision_exits_ is not None:
             self._fit_cascade(logits, correct)
             if self.entry is not None:
@@ -326,10 +422,13 @@ class DimeePolicy(ExitPolicy):
         self._set_fit_summary(logits, features, correct)
 
     def _set_fit_summary(self, logits: np.ndarray, features: np.ndarray | None, correct: np.ndarray) -> None:
-        outcome = self.predict_outcome(logits, features)
-        answering = outcome.table.final[outcome.routes]
-        self.tier_shares_ = {tier: float((answering == i).mean()) for i, tier in enumerate(TIERS)}
-        cost = self.normalised_path_costs()[outcome.routes, outcome.depths - 1]
+        self._set_fit_summary_from(self.predict_outcome(logits, features), correct, self.normalised_path_costs())
+
+    def _set_fit_summary_from(self, outcome: Outcome, correct: np.ndarray, path_costs: np.ndarray) -> None:
+        """Tier shares and mean reward on the fit data, from the policy's outcome there and its [P, L] costs."""
+        shares = np.bincount(outcome.table.final[outcome.routes], minlength=len(TIERS)) / outcome.routes.size
+        self.tier_shares_ = {tier: float(shares[i]) for i, tier in enumerate(TIERS)}
+        cost = path_costs[outcome.routes, outcome.depths - 1]
         rows = np.arange(outcome.exits.size)
         self.fit_reward_ = float((correct[rows, outcome.exits - 1] - self.mu * cost).mean())
 
@@ -433,17 +532,14 @@ class DimeePolicy(ExitPolicy):
         strict: bool = True,
     ) -> tuple[RoutingStage, int, dict[int, float]]:
         routes, exits = candidates
-        rewards = self._rewards(correct, routes, exits)
         index = np.arange(routes.size, dtype=np.int64)
         if self.assignment == "clusters":
-            stage, k, cv = fit_cluster_stage(
-                x,
-                rewards,
-                index,
-                self._cluster_settings(),
-                strict=strict,
-            )
+            penalty = self.mu * self._candidate_costs(routes, exits)[None, :]
+            stage, k, cv = fit_cluster_stages(
+                x, LinearRewards(correct[:, exits - 1], penalty), index, self._cluster_settings(), strict=strict
+            )[0]
         else:
+            rewards = self._rewards(correct, routes, exits)
             table = path_table(self.plan_)
             candidate_tiers = table.final[routes]
             if self.pool_rule == "oracle":

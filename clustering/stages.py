@@ -108,23 +108,62 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
 
 
-def _best_candidate_per_group(
-    groups: np.ndarray, n_groups: int, rewards: np.ndarray, shrinkage: float = 0.0
-) -> np.ndarray:
-    """Per group: index of the candidate (column of `rewards` [n, J]) with the highest mean reward; ties ->
-    the first (cheapest) column; empty groups -> the best column overall.
+@dataclass(frozen=True)
+class LinearRewards:
+    """Rewards of S settings at once: ``reward[s, i, j] = gain[i, j] - penalty[s, j]`` (DIMEE's
+    ``correct_j - mu * cost_j``: the gain is per sample, the penalty per setting and candidate). Plain
+    rewards [n, J] are the case S = 1 with penalty 0. A stage fitted on them shares, across the S settings,
+    everything that does not depend on the penalty: group sums of the gain, not S copies of them."""
 
-    `shrinkage` is a pseudo-count: a group's mean reward is pulled towards the mean over all rows,
+    gain: np.ndarray  # [n, J]
+    penalty: np.ndarray  # [S, J]
+
+    @classmethod
+    def plain(cls, rewards: np.ndarray) -> "LinearRewards":
+        rewards = np.asarray(rewards, dtype=np.float64)
+        return cls(rewards, np.zeros((1, rewards.shape[1])))
+
+    @property
+    def n_settings(self) -> int:
+        return int(self.penalty.shape[0])
+
+    def rows(self, index: np.ndarray) -> "LinearRewards":
+        return LinearRewards(self.gain[index], self.penalty)
+
+
+def _group_means(groups: np.ndarray, n_groups: int, gain: np.ndarray, shrinkage: float) -> np.ndarray:
+    """Per group, the (shrunk) mean gain of its rows [g, J]; empty groups get the mean over all rows.
+
+    `shrinkage` is a pseudo-count: a group's mean is pulled towards the mean over all rows,
     ``(sum + s * overall) / (count + s)``, so a small cluster needs a clear margin before it answers
-    differently from the whole population (s = 0: plain means)."""
-    onehot = np.zeros((n_groups, rewards.shape[0]))
-    onehot[groups, np.arange(rewards.shape[0])] = 1.0
+    differently from the whole population (s = 0: plain means). The penalty is the same for every row of a
+    setting, so subtracting it from these means gives the mean reward."""
+    onehot = np.zeros((n_groups, gain.shape[0]))
+    onehot[groups, np.arange(gain.shape[0])] = 1.0
     counts = onehot.sum(axis=1)
-    sums = onehot @ rewards
-    overall = rewards.mean(axis=0)
+    sums = onehot @ gain
+    overall = gain.mean(axis=0)
     pulled = (sums + shrinkage * overall[None, :]) / np.maximum(counts + shrinkage, 1e-300)[:, None]
-    means = np.where(counts[:, None] > 0, pulled, overall[None, :])
-    return np.argmax(np.round(means, 12), axis=1)
+    return np.where(counts[:, None] > 0, pulled, overall[None, :])
+
+
+def _best_candidate_per_group(groups: np.ndarray, n_groups: int, rewards: LinearRewards, shrinkage: float = 0.0) -> np.ndarray:
+    """Per setting and group: index of the candidate with the highest (shrunk) mean reward, [S, g]; ties
+    (to 12 decimals) -> the first (cheapest) column; empty groups -> the best column overall."""
+    means = _group_means(groups, n_groups, rewards.gain, shrinkage)[None, :, :] - rewards.penalty[:, None, :]
+    return np.argmax(np.round(means, 12), axis=2)
+
+
+def _held_out_rewards(assigned: np.ndarray, n_groups: int, rewards: LinearRewards, choice: np.ndarray) -> np.ndarray:
+    """Mean reward of held-out rows (nearest centre `assigned`) answering with their group's `choice` [S, g],
+    per setting [S]: per group, the held-out gain summed once, then each setting's choice picks a column."""
+    onehot = np.zeros((n_groups, assigned.size))
+    onehot[assigned, np.arange(assigned.size)] = 1.0
+    gain_sums = onehot @ rewards.gain  # [g, J]
+    counts = onehot.sum(axis=1)  # [g]
+    groups = np.arange(n_groups)[None, :]
+    total = gain_sums[groups, choice] - counts[None, :] * np.take_along_axis(rewards.penalty, choice, axis=1)
+    return total.sum(axis=1) / assigned.size
 
 
 def _kmeans(z: np.ndarray, k: int, n_init: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
@@ -239,13 +278,25 @@ def fit_cluster_stage(
     settings: ClusterSettings,
     strict: bool = True,
 ) -> tuple[RoutingStage, int, dict[int, float]]:
-    """k-means routing with k chosen by cross-validated held-out reward: the smallest k whose mean held-out
-    reward is within ``settings.k_tolerance`` of the best (parsimony: fewer, larger clusters generalise
-    better); each cluster answers with its best candidate by (shrunk) mean reward. Returns the stage fitted
-    on all of `x`, the chosen k and the held-out reward of every k tried. Too few samples for the folds ->
-    one cluster. With `strict`, a split large enough for folds but too small for every k of the grid is a
-    PolicyError naming the fix; without it (sub-populations whose size depends on mu: the edge stage, the
-    cascade's "reached") it also falls back to one cluster. The clusterings come from :func:`cluster_bank`."""
+    """:func:`fit_cluster_stages` for one setting with plain rewards [n, J]."""
+    return fit_cluster_stages(x, LinearRewards.plain(rewards), candidates, settings, strict)[0]
+
+
+def fit_cluster_stages(
+    x: np.ndarray,
+    rewards: LinearRewards,
+    candidates: np.ndarray,
+    settings: ClusterSettings,
+    strict: bool = True,
+) -> list[tuple[RoutingStage, int, dict[int, float]]]:
+    """k-means routing with k chosen by cross-validated held-out reward, for each of the rewards' settings:
+    the smallest k whose mean held-out reward is within ``settings.k_tolerance`` of the best (parsimony:
+    fewer, larger clusters generalise better); each cluster answers with its best candidate by (shrunk) mean
+    reward. Returns per setting the stage fitted on all of `x`, the chosen k and the held-out reward of every
+    k tried. Too few samples for the folds -> one cluster. With `strict`, a split large enough for folds but
+    too small for every k of the grid is a PolicyError naming the fix; without it (sub-populations whose size
+    depends on mu: the edge stage, the cascade's "reached") it also falls back to one cluster. The
+    clusterings come from :func:`cluster_bank`; one setting or many run the same arithmetic, row by row."""
     k_grid, n_folds, shrink = settings.k_grid, settings.n_folds, float(settings.shrinkage)
     bank = cluster_bank(x, n_folds, settings.n_init, settings.random_state)
     feasible = bank.feasible_k(k_grid)
@@ -256,20 +307,29 @@ def fit_cluster_stage(
             f"cross-validation (each fold fits on {n - math.ceil(n / n_folds)} samples): pass a smaller k_grid, "
             "fewer n_folds, or a larger calibration split"
         )
-    cv: dict[int, float] = {}
-    for k in feasible:
-        held_out = []
+    S = rewards.n_settings
+    cv = np.empty((S, len(feasible)))
+    for column, k in enumerate(feasible):
+        held_out = np.zeros(S)
         for (train, test), (clustering, assigned) in zip(bank.splits, bank.folds(k)):
-            choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards[train], shrink)
-            held_out.append(rewards[test, choice[assigned]].mean())
-        cv[k] = float(np.mean(held_out))
-    best_k = 1
-    if cv:
-        best = max(cv.values())
-        best_k = min(k for k in cv if cv[k] >= best - settings.k_tolerance - 1e-12)
-    clustering = bank.full(best_k)
-    choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], rewards, shrink)
-    return clustering.stage(candidates[choice]), best_k, cv
+            groups = clustering.centers.shape[0]
+            choice = _best_candidate_per_group(clustering.labels, groups, rewards.rows(train), shrink)
+            held_out = held_out + _held_out_rewards(assigned, groups, rewards.rows(test), choice)
+        cv[:, column] = held_out / len(bank.splits)
+    best_k = np.ones(S, dtype=np.int64)
+    if feasible:
+        within = cv >= cv.max(axis=1, keepdims=True) - settings.k_tolerance - 1e-12
+        best_k = np.asarray(feasible, dtype=np.int64)[within.argmax(axis=1)]  # feasible is sorted: smallest k
+    out: list[tuple[RoutingStage, int, dict[int, float]]] = [None] * S  # type: ignore[list-item]
+    for k in np.unique(best_k):
+        members = np.flatnonzero(best_k == k)
+        clustering = bank.full(int(k))
+        sub = LinearRewards(rewards.gain, rewards.penalty[members])
+        choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], sub, shrink)
+        for row, s in enumerate(members):
+            scores = {int(kk): float(cv[s, c]) for c, kk in enumerate(feasible)}
+            out[s] = (clustering.stage(candidates[choice[row]]), int(k), scores)
+    return out
 
 
 def fit_pool_stage(

@@ -36,8 +36,8 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
+from functools import lru_cache, partial
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ from clustering import (
     per_exit_correct,
     select_setting,
 )
+from clustering.baselines import cheapest_first
 from tiers import (
     CachedSplit,
     CostModel,
@@ -72,6 +73,8 @@ from tiers import (
     TierPlan,
     TierPlanError,
     hop_payload_size,
+    normalised_exit_costs_many,
+    path_costs_many,
     read_cached_split,
     read_run_info,
 )
@@ -381,9 +384,16 @@ class _Data:
     temperatures: list[float] | None  # the run's temperatures.json, if applied
 
 
+def _as_float64_embedding(split: CachedSplit) -> CachedSplit:
+    """The split with its embedding features in float64 once (each policy's fit would convert them again)."""
+    if split.embedding is None:
+        return split
+    return replace(split, embedding=np.ascontiguousarray(split.embedding, dtype=np.float64))
+
+
 def _load(run: _Run, fit_split: str, eval_split: str, use_temperatures: bool) -> _Data:
-    fit = read_cached_split(run.folder, fit_split)
-    evaluation = read_cached_split(run.folder, eval_split)
+    fit = _as_float64_embedding(read_cached_split(run.folder, fit_split))
+    evaluation = _as_float64_embedding(read_cached_split(run.folder, eval_split))
     if fit.logits.shape[1:] != evaluation.logits.shape[1:]:
         raise ValueError(
             f"{run.folder}: the {fit_split} logits {fit.logits.shape} and the {eval_split} logits "
@@ -486,6 +496,7 @@ class _Context:
     cost_model: CostModel
     cost_norm: np.ndarray  # [L] normalised exit costs (what a registry policy's fit reads)
     values: dict[str, Any]  # the grid parameters this policy consumes
+    path_costs: np.ndarray  # [P, L] normalised cost per (route, exit) without payload (NaN: cannot answer)
 
 
 @dataclass(frozen=True)
@@ -578,6 +589,43 @@ class _RandomSolver(_GenericSolver):
         ref = fit_kwargs.get("reference_tiers")
         policy.fit(ev.logits if ref is not None else self.data.fit.logits, reference_tiers=ref)
         return _Solution.of(policy.predict_outcome(ev.logits), float("nan"))
+
+
+class _DimeeSolver(_GenericSolver):
+    """DIMEE: the settings that share a plan and every parameter but mu and the cost model are fitted by one
+    ``DimeePolicy.fit_many`` (the code ``fit`` runs); the eval split is predicted once per distinct fitted
+    routing (``routing_digest``)."""
+
+    def __init__(self, spec: PolicySpec, data: _Data):
+        super().__init__(spec, data, key=_fit_input_key)
+        self.by_routing: dict[str, _Solution] = {}
+
+    def solve(self, contexts: Sequence[_Context], reference: Sequence[np.ndarray] | None = None) -> list[_Solution]:
+        groups: dict[tuple, list[int]] = {}
+        pending: dict[tuple, int] = {}
+        keys = [self.key(ctx) for ctx in contexts]
+        for index, (ctx, key) in enumerate(zip(contexts, keys)):
+            if key not in self.cache and key not in pending:
+                pending[key] = index
+                rest = {k: v for k, v in ctx.values.items() if k != "mu"}
+                groups.setdefault((ctx.plan.spec, _value_key(rest)), []).append(index)
+        fit, ev = self.data.fit, self.data.eval
+        both = fit.embedding is not None and ev.embedding is not None
+        for members in groups.values():
+            proto = self.build(contexts[members[0]])
+            settings = [(contexts[i].cost_model, float(self.build_mu(proto, contexts[i]))) for i in members]
+            fitted = proto.fit_many(settings, fit.logits, fit.labels, fit.embedding if both else None)
+            for i, policy in zip(members, fitted):
+                digest = policy.routing_digest()
+                if digest not in self.by_routing:
+                    outcome = policy.predict_outcome(ev.logits, ev.embedding if both else None)
+                    self.by_routing[digest] = _Solution.of(outcome, _knob(policy))
+                self.cache[keys[i]] = self.by_routing[digest]
+        return [self.cache[key] for key in keys]
+
+    @staticmethod
+    def build_mu(proto: DimeePolicy, ctx: _Context) -> float:
+        return ctx.values.get("mu", proto.mu)
 
 
 @dataclass(frozen=True)
@@ -702,10 +750,12 @@ class _SelectSolver(_GenericSolver):
 def _solver(spec: PolicySpec, data: _Data, exact: bool) -> _GenericSolver:
     if spec.kind == "fixed":
         return _GenericSolver(spec, data, key=_plan_only)
-    if spec.kind == "oracle":  # the cheapest right (route, exit) depends on every route's cost
-        return _GenericSolver(spec, data, key=_fit_input_key)
+    if spec.kind == "oracle":  # the cheapest right (route, exit) depends on the order of every route's cost
+        return _GenericSolver(spec, data, key=_oracle_key)
     if spec.kind == "random":
         return _RandomSolver(spec, data)
+    if spec.kind == "dimee" and not exact:
+        return _DimeeSolver(spec, data)
     if spec.kind == "dimee" or (exact and spec.kind == "select"):
         return _GenericSolver(spec, data, key=_fit_input_key)
     if spec.kind == "select":
@@ -716,8 +766,19 @@ def _solver(spec: PolicySpec, data: _Data, exact: bool) -> _GenericSolver:
 def _fit_input_key(ctx: _Context) -> tuple:
     """What a registry policy's fit reads: the plan, the normalised costs of every (route, exit) without
     payload sizes (the linear route's are among them) and its own parameters."""
-    routes = np.nan_to_num(ctx.cost_model.path_costs(ctx.plan), nan=-1.0)
-    return (ctx.plan.spec, routes.tobytes(), _value_key(ctx.values))
+    return (ctx.plan.spec, ctx.path_costs.tobytes(), _value_key(ctx.values))
+
+
+@lru_cache(maxsize=64)
+def _all_candidates(plan: TierPlan) -> tuple[np.ndarray, np.ndarray]:
+    return path_table(plan).candidates(0)
+
+
+def _oracle_key(ctx: _Context) -> tuple:
+    """The oracle's answers depend on the costs only through the order it tries its candidates in."""
+    routes, exits = _all_candidates(ctx.plan)
+    order = cheapest_first(exits, ctx.path_costs[routes, exits - 1])
+    return (ctx.plan.spec, order.tobytes(), _value_key(ctx.values))
 
 
 # ---- scoring ----------------------------------------------------------------------------------------------
@@ -735,10 +796,33 @@ def _has_rate(cost: CostModel) -> bool:
     return cost.mobile_edge_rate_bps > 0 or cost.edge_cloud_rate_bps > 0 or cost.mobile_cloud_rate_bps > 0
 
 
-def _cost_table(data: _Data, plans: list[TierPlan], costs: list[CostModel]) -> _CostTable:
-    flat, per_payload = [], {}
+def _route_costs(plans: list[TierPlan], costs: list[CostModel]) -> list[np.ndarray]:
+    """Each setting's [P, L] route costs without payload; one product per plan (costs are linear in the fields)."""
+    out: list[np.ndarray] = [np.empty(0)] * len(plans)
+    by_plan: dict[TierPlan, list[int]] = {}
+    for i, plan in enumerate(plans):
+        by_plan.setdefault(plan, []).append(i)
+    for plan, members in by_plan.items():
+        for i, table in zip(members, path_costs_many([costs[i] for i in members], plan)):
+            out[i] = table
+    return out
+
+
+def _exit_costs(plans: list[TierPlan], costs: list[CostModel]) -> np.ndarray:
+    """Each setting's [L] normalised exit costs on the linear route, one product per plan."""
+    out = np.empty((len(plans), plans[0].num_layers))
+    by_plan: dict[TierPlan, list[int]] = {}
+    for i, plan in enumerate(plans):
+        by_plan.setdefault(plan, []).append(i)
+    for plan, members in by_plan.items():
+        out[members] = normalised_exit_costs_many([costs[i] for i in members], plan)
+    return out
+
+
+def _cost_table(data: _Data, plans: list[TierPlan], costs: list[CostModel], route_costs: list[np.ndarray]) -> _CostTable:
+    flat = [np.nan_to_num(table.reshape(-1), nan=0.0) for table in route_costs]
+    per_payload = {}
     for i, (plan, cost) in enumerate(zip(plans, costs)):
-        flat.append(np.nan_to_num(cost.path_costs(plan).reshape(-1), nan=0.0))
         if _has_rate(cost):
             table = cost.path_costs(plan, token_counts=data.unique_counts, hidden_size=data.run.hidden_size)
             per_payload[i] = np.nan_to_num(table.reshape(table.shape[0], -1), nan=0.0)
@@ -870,12 +954,14 @@ def _sweep_run(
         rows = range(start, min(start + _CHUNK, len(settings)))
         plans = [run.plans[i] for i in rows]
         costs = [run.cost_models[i] for i in rows]
-        table = _cost_table(data, plans, costs)
-        norm = np.stack([c.normalised_exit_costs(p) for p, c in zip(plans, costs)])
+        route_costs = _route_costs(plans, costs)
+        table = _cost_table(data, plans, costs, route_costs)
+        norm = _exit_costs(plans, costs)
         results: dict[str, tuple[list[_Solution], list[_Stats], np.ndarray]] = {}
         for spec in order:
             contexts = [
-                _Context(plans[j], costs[j], norm[j], _policy_values(settings[i], spec)) for j, i in enumerate(rows)
+                _Context(plans[j], costs[j], norm[j], _policy_values(settings[i], spec), route_costs[j])
+                for j, i in enumerate(rows)
             ]
             ref = None
             if spec.kind == "random" and reference is not None:

@@ -295,3 +295,35 @@ def test_bad_cascade_params(fit_test, params):
         policy.fit(fit.logits, fit.labels, fit.embeddings)
     with pytest.raises(PolicyError, match="not fitted"):
         policy.predict(fit.logits)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},  # per-tier clusters: the settings' choices are made together
+        {"shrinkage": 3.0, "routes": "chain"},
+        {"decision_exits": "all"},  # a cascade: fitted setting by setting through fit
+    ],
+)
+def test_fit_many_gives_each_setting_the_state_fit_gives_it(fit_test, params):
+    """The sweep's fast path is fit itself: one DimeePolicy.fit_many over several (cost model, mu) equals a
+    separate fit per setting, state for state, bit for bit."""
+    fit, _ = fit_test
+    settings = [(CostModel(mobile_to_edge=a, edge_to_cloud=b), mu) for a, b, mu in
+                [(0.0, 0.3, 0.1), (0.6, 0.05, 0.3), (0.2, 0.2, 0.0), (0.6, 0.6, 1.0)]]  # fmt: skip
+    proto = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, **params)
+    many = proto.fit_many(settings, fit.logits, fit.labels)
+    assert not hasattr(proto, "plan_")  # the prototype itself stays unfitted
+    for (cost, mu), policy in zip(settings, many):
+        alone = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, cost_model=cost, mu=mu, **params).fit(fit.logits, fit.labels)
+        assert json.dumps(policy.to_dict(), sort_keys=True) == json.dumps(alone.to_dict(), sort_keys=True)
+        assert policy.routing_digest() == alone.routing_digest()
+    assert len({p.routing_digest() for p in many}) > 1  # the settings did move the choices
+
+
+def test_fit_many_refuses_like_fit_and_leaves_nothing_half_fitted(fit_test):
+    fit, _ = fit_test
+    proto = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID)
+    with pytest.raises(PolicyError, match="mu must be finite"):
+        proto.fit_many([(None, 0.1), (None, -1.0)], fit.logits, fit.labels)
+    assert proto.fit_many([], fit.logits, fit.labels) == []

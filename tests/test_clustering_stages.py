@@ -115,8 +115,8 @@ def test_shrinkage_keeps_a_small_cluster_with_the_population_unless_its_margin_i
     rewards[:60, 1] = 1.0  # population: candidate 1 right, candidate 0 wrong
     rewards[60:, 0] = [1.0, 1.0, 0.0]  # small cluster: 0.67 vs 0.47 for candidate 1
     rewards[60:, 1] = [0.4, 0.4, 0.6]
-    plain = stages._best_candidate_per_group(groups, 2, rewards)
-    shrunk = stages._best_candidate_per_group(groups, 2, rewards, shrinkage=10.0)
+    plain = stages._best_candidate_per_group(groups, 2, stages.LinearRewards.plain(rewards))[0]
+    shrunk = stages._best_candidate_per_group(groups, 2, stages.LinearRewards.plain(rewards), shrinkage=10.0)[0]
     assert plain.tolist() == [1, 0]
     # by hand: overall means 2/63 and 61.4/63; cluster 1: (2 + 10 * 2/63) / 13 = 0.18 vs (1.4 + 10 * 61.4/63) / 13 = 0.86
     assert shrunk.tolist() == [1, 1]
