@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -162,6 +162,52 @@ class ExitPolicy(BaseEstimator):
         with self._unfitted_on_failure():
             self._fit(arr, y, feats)
         return self
+
+    def fit_many(
+        self,
+        params: Sequence[Mapping[str, Any]],
+        logits: np.ndarray,
+        labels: np.ndarray | None,
+        features: np.ndarray | None = None,
+    ) -> list["ExitPolicy"]:
+        """One copy of this policy per dict of `params` (this policy's parameters with those replaced), each
+        fitted to the state ``fit`` gives it on the same data. The copies may differ in ``cost_model`` and the
+        subclass's own parameters, not in ``plan`` or ``temperatures``: the fit input is checked once. A
+        subclass whose fit can share work across the copies (DimeePolicy) overrides ``_fit_copies``."""
+        base = self.get_params(deep=False)
+        for changes in params:
+            fixed = {"plan", "temperatures"} & set(changes)
+            if fixed:
+                raise PolicyError(f"fit_many: the copies must share {', '.join(sorted(fixed))}; fit them separately")
+        policies = [type(self)(**{**base, **changes}) for changes in params]
+        if not policies:
+            return []
+        first = policies[0]
+        arr, y, feats = first._begin_fit(logits, labels, features)
+        try:
+            for policy in policies[1:]:
+                policy._begin_fit_like(first)
+            changed = set().union(*(set(changes) for changes in params))
+            type(self)._fit_copies(policies, arr, y, feats, changed)
+        except BaseException:
+            for policy in policies:  # as fit: a failed fit leaves every copy unfitted
+                policy._forget_fit()
+            raise
+        return policies
+
+    @classmethod
+    def _fit_copies(
+        cls,
+        policies: list["ExitPolicy"],
+        logits: np.ndarray,
+        labels: np.ndarray | None,
+        features: np.ndarray | None,
+        changed: set[str],
+    ) -> None:
+        """Fit copies whose base fitted attributes are set (``fit_many``; `changed`: the parameters in which
+        they may differ); by default each one's own ``_fit``."""
+        for policy in policies:
+            policy._fit(logits, labels, features)
 
     def _begin_fit(
         self, logits: np.ndarray, labels: np.ndarray | None, features: np.ndarray | None

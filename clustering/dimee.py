@@ -106,16 +106,17 @@ def _fit_per_tier_clusters(
     penalty = mus[:, None] * costs[:, routes, exits - 1]
     index = np.arange(routes.size, dtype=np.int64)
     fitted = fit_cluster_stages(x1, LinearRewards(correct[:, exits - 1], penalty), index, first._cluster_settings())
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[tuple, tuple[Outcome, str]] = {}
     for policy, (stage, k, cv), path_costs in zip(policies, fitted, costs):
         chosen = stage.exits
         stage.routes, stage.exits = routes[chosen], exits[chosen]
         policy.stage1_, policy.n_clusters_, policy.cv_rewards_ = stage, k, cv
         policy.stage2_, policy.edge_n_clusters_, policy.edge_cv_rewards_ = None, 0, {}
-        key = policy.routing_digest()
+        key = (k, chosen.tobytes())  # the copies share their clustering for each k
         if key not in outcomes:
-            outcomes[key] = policy.predict_outcome(logits, features)
-        policy._set_fit_summary_from(outcomes[key], correct, path_costs)
+            outcomes[key] = (policy.predict_outcome(logits, features), policy.routing_digest())
+        outcome, policy._routing_digest = outcomes[key]
+        policy._set_fit_summary_from(outcome, correct, path_costs)
 
 
 @register_policy
@@ -318,44 +319,34 @@ class DimeePolicy(ExitPolicy):
         return correct[:, exits - 1] - self.mu * self._candidate_costs(routes, exits)[None, :]
 
     # ---- fitting ----------------------------------------------------------------------------------
-    def fit_many(
-        self,
-        settings: Sequence[tuple[CostModel | None, float]],
+    @classmethod
+    def _fit_copies(
+        cls,
+        policies: list["ExitPolicy"],
         logits: np.ndarray,
         labels: np.ndarray | None,
-        features: np.ndarray | None = None,
-    ) -> list["DimeePolicy"]:
-        """One copy of this policy per (cost model, mu) of `settings`, each fitted to the state ``fit`` gives
-        it (``fit`` runs this same code for one setting). The per-tier cluster policy (no cascade, no edge
-        stage, ``assignment="clusters"``) shares its features, candidates and clusterings across the
-        settings and makes every setting's choices at once, which is what makes a cost sweep fast; any other
-        configuration is fitted setting by setting."""
-        params = self.get_params(deep=False)
-        policies = [type(self)(**{**params, "cost_model": cost, "mu": float(mu)}) for cost, mu in settings]
-        if not policies:
-            return []
-        if not self._per_tier_clusters():
-            return [policy.fit(logits, labels, features) for policy in policies]
+        features: np.ndarray | None,
+        changed: set[str],
+    ) -> None:
+        """``fit_many``: copies of the per-tier cluster policy (no cascade, no edge stage, clusters) that differ
+        in cost model and mu only share their features, candidates and clusterings, and every copy's choices
+        are made at once, which is what makes a cost sweep fast; any other configuration is fitted copy by
+        copy. ``fit`` runs this same code for one copy."""
         first = policies[0]
-        arr, y, feats = first._begin_fit(logits, labels, features)
-        for policy in policies[1:]:
-            policy._begin_fit_like(first)
-        try:
-            for policy in policies:
-                policy._validate_params()
-                policy._reset_fitted_state()
-            correct = per_exit_correct(arr, y, first.regression_tolerance)
-            _fit_per_tier_clusters(policies, arr, feats, correct)
-        except BaseException:
-            for policy in policies:  # as fit: a failed fit leaves every copy unfitted
-                policy._forget_fit()
-            raise
-        return policies
+        if not (first._per_tier_clusters() and changed <= {"cost_model", "mu"}):
+            super()._fit_copies(policies, logits, labels, features, changed)
+            return
+        for policy in policies:
+            policy._validate_params()
+            policy._reset_fitted_state()
+        correct = per_exit_correct(logits, labels, first.regression_tolerance)
+        _fit_per_tier_clusters(policies, logits, features, correct)
 
     def _per_tier_clusters(self) -> bool:
         return self.decision_exits is None and self.assignment == "clusters" and not self.edge_stage
 
     def _reset_fitted_state(self) -> None:
+        self.__dict__.pop("_routing_digest", None)
         self.decision_exits_ = self._resolve_decision_exits()
         self.cascade_stages_, self.cascade_n_clusters_, self.cascade_cv_rewards_ = [], [], []
         self.__dict__.pop("pool_threshold_", None)
@@ -366,6 +357,9 @@ class DimeePolicy(ExitPolicy):
         and temperatures (not the fit summaries). Two fitted copies of one policy that differ in cost model
         or mu only, with equal digests, answer every input alike."""
         self._check_fitted()
+        known = self.__dict__.get("_routing_digest")
+        if known is not None:
+            return known
         h = hashlib.blake2b(digest_size=16)
         stages = [self.stage1_, self.stage2_, *self.cascade_stages_, getattr(self, "entry_stage_", None)]
         for stage in stages:
@@ -658,6 +652,7 @@ class DimeePolicy(ExitPolicy):
         return state
 
     def _state_from_dict(self, state: dict[str, Any]) -> None:
+        self.__dict__.pop("_routing_digest", None)
         self.stage1_ = None if state.get("stage1") is None else RoutingStage.from_dict(state["stage1"])
         self.stage2_ = None if state.get("stage2") is None else RoutingStage.from_dict(state["stage2"])
         self.n_clusters_ = int(state["n_clusters"])

@@ -149,7 +149,8 @@ def simulate(plan: TierPlan, n: int, logits: np.ndarray, step: StepFn) -> Outcom
     """Drive every tier through `tiers.run_segment` on cached logits [n, L, C]; `step(rows, seen, tier, k)`
     gives the actions of samples `rows` at depth k with `seen` = their logits of exits 1..k."""
     table = path_table(plan)
-    trail: list[list[tuple[str, int]]] = [[("mobile", 0)] for _ in range(n)]
+    entered = np.full((n, 3), -1, dtype=np.int64)  # boundary at which each sample entered mobile, edge, cloud
+    entered[:, 0] = 0
     exits = np.zeros(n, dtype=np.int64)
     depths = np.zeros(n, dtype=np.int64)
     members = {0: np.arange(n)}
@@ -171,15 +172,24 @@ def simulate(plan: TierPlan, n: int, logits: np.ndarray, step: StepFn) -> Outcom
             going = np.flatnonzero(actions == -target)
             if going.size == 0:
                 continue
-            for i, boundary in zip(rows[going], at[going]):
-                trail[i].append((TIERS[target], int(boundary)))
+            entered[rows[going], target] = at[going]
             members[target] = np.concatenate([members.get(target, np.zeros(0, dtype=np.int64)), rows[going]])
             entries[target] = np.concatenate([entries.get(target, np.zeros(0, dtype=np.int64)), at[going]])
     if (exits == 0).any():
         raise PolicyError("the simulation left samples unanswered (a bug in the segment driver)")
+    return Outcome(table, _route_indices(table, entered), exits, depths)
+
+
+def _route_indices(table: PathTable, entered: np.ndarray) -> np.ndarray:
+    """Route index per sample from the boundary at which it entered each tier (-1: never there); a route
+    visits the tiers in order, each at most once, so these boundaries are the route."""
     lookup = {path: p for p, path in enumerate(table.paths)}
-    routes = np.array([lookup[tuple(t)] for t in trail], dtype=np.int64)
-    return Outcome(table, routes, exits, depths)
+    combos, inverse = np.unique(entered, axis=0, return_inverse=True)
+    indices = []
+    for combo in combos:
+        path = tuple((TIERS[t], int(b)) for t, b in enumerate(combo) if b >= 0)
+        indices.append(lookup[path])
+    return np.asarray(indices, dtype=np.int64)[inverse.reshape(-1)]
 
 
 def outcome_of_chain_exits(plan: TierPlan, exits: np.ndarray) -> Outcome:

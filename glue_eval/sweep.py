@@ -546,13 +546,19 @@ class _GenericSolver:
             kwargs.setdefault("temperatures", self.data.temperatures)
         return self.spec.build(plan=ctx.plan, cost_model=ctx.cost_model, **kwargs)
 
-    def fitted(self, policy: ExitPolicy, **fit_kwargs: Any) -> _Solution:
+    def features(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(fit, eval) embedding features, passed to every policy's fit and predict when both splits have them."""
         fit, ev = self.data.fit, self.data.eval
-        both = fit.embedding is not None and ev.embedding is not None
-        features = (fit.embedding, ev.embedding) if both else (None, None)
-        policy.fit(fit.logits, fit.labels, features=features[0], **fit_kwargs)
+        return (fit.embedding, ev.embedding) if fit.embedding is not None and ev.embedding is not None else (None, None)
+
+    def fitted(self, policy: ExitPolicy, **fit_kwargs: Any) -> _Solution:
+        policy.fit(self.data.fit.logits, self.data.fit.labels, features=self.features()[0], **fit_kwargs)
+        return self.predicted(policy)
+
+    def predicted(self, policy: ExitPolicy) -> _Solution:
+        ev = self.data.eval
         labels = ev.labels if policy.requires_labels else None
-        return _Solution.of(policy.predict_outcome(ev.logits, features[1], labels=labels), _knob(policy))
+        return _Solution.of(policy.predict_outcome(ev.logits, self.features()[1], labels=labels), _knob(policy))
 
     def solve_one(self, ctx: _Context) -> _Solution:
         key = self.key(ctx)
@@ -562,6 +568,33 @@ class _GenericSolver:
 
     def solve(self, contexts: Sequence[_Context], reference: Sequence[np.ndarray] | None = None) -> list[_Solution]:
         return [self.solve_one(ctx) for ctx in contexts]
+
+
+class _ManySolver(_GenericSolver):
+    """A registry policy whose settings differ in the parameters `varying` (and the cost model) only: the
+    distinct fit inputs of a chunk are fitted by one ``fit_many`` per plan and remaining parameters (the code
+    ``fit`` runs, sharing the work the policy can share)."""
+
+    varying: tuple[str, ...] = ()
+
+    def changes(self, proto: ExitPolicy, ctx: _Context) -> dict[str, Any]:
+        return {"cost_model": ctx.cost_model}
+
+    def solve(self, contexts: Sequence[_Context], reference: Sequence[np.ndarray] | None = None) -> list[_Solution]:
+        keys = [self.key(ctx) for ctx in contexts]
+        groups: dict[tuple, dict[tuple, _Context]] = {}
+        for ctx, key in zip(contexts, keys):
+            if key not in self.cache:
+                rest = {k: v for k, v in ctx.values.items() if k not in self.varying}
+                groups.setdefault((ctx.plan.spec, _value_key(rest)), {}).setdefault(key, ctx)
+        for members in groups.values():
+            first = next(iter(members.values()))
+            proto = self.build(first)
+            params = [self.changes(proto, ctx) for ctx in members.values()]
+            fitted = proto.fit_many(params, self.data.fit.logits, self.data.fit.labels, self.features()[0])
+            for key, policy in zip(members, fitted):
+                self.cache[key] = self.predicted(policy)
+        return [self.cache[key] for key in keys]
 
 
 def _plan_only(ctx: _Context) -> tuple:
@@ -591,41 +624,25 @@ class _RandomSolver(_GenericSolver):
         return _Solution.of(policy.predict_outcome(ev.logits), float("nan"))
 
 
-class _DimeeSolver(_GenericSolver):
-    """DIMEE: the settings that share a plan and every parameter but mu and the cost model are fitted by one
-    ``DimeePolicy.fit_many`` (the code ``fit`` runs); the eval split is predicted once per distinct fitted
-    routing (``routing_digest``)."""
+class _DimeeSolver(_ManySolver):
+    """DIMEE: the settings of a plan and k grid are fitted by one ``DimeePolicy.fit_many`` over (cost model,
+    mu), whose per-tier policy makes every setting's choices at once; the eval split is predicted once per
+    distinct fitted routing (``routing_digest``)."""
+
+    varying = ("mu",)
 
     def __init__(self, spec: PolicySpec, data: _Data):
         super().__init__(spec, data, key=_fit_input_key)
         self.by_routing: dict[str, _Solution] = {}
 
-    def solve(self, contexts: Sequence[_Context], reference: Sequence[np.ndarray] | None = None) -> list[_Solution]:
-        groups: dict[tuple, list[int]] = {}
-        pending: dict[tuple, int] = {}
-        keys = [self.key(ctx) for ctx in contexts]
-        for index, (ctx, key) in enumerate(zip(contexts, keys)):
-            if key not in self.cache and key not in pending:
-                pending[key] = index
-                rest = {k: v for k, v in ctx.values.items() if k != "mu"}
-                groups.setdefault((ctx.plan.spec, _value_key(rest)), []).append(index)
-        fit, ev = self.data.fit, self.data.eval
-        both = fit.embedding is not None and ev.embedding is not None
-        for members in groups.values():
-            proto = self.build(contexts[members[0]])
-            settings = [(contexts[i].cost_model, float(self.build_mu(proto, contexts[i]))) for i in members]
-            fitted = proto.fit_many(settings, fit.logits, fit.labels, fit.embedding if both else None)
-            for i, policy in zip(members, fitted):
-                digest = policy.routing_digest()
-                if digest not in self.by_routing:
-                    outcome = policy.predict_outcome(ev.logits, ev.embedding if both else None)
-                    self.by_routing[digest] = _Solution.of(outcome, _knob(policy))
-                self.cache[keys[i]] = self.by_routing[digest]
-        return [self.cache[key] for key in keys]
+    def changes(self, proto: ExitPolicy, ctx: _Context) -> dict[str, Any]:
+        return {"cost_model": ctx.cost_model, "mu": ctx.values.get("mu", proto.mu)}
 
-    @staticmethod
-    def build_mu(proto: DimeePolicy, ctx: _Context) -> float:
-        return ctx.values.get("mu", proto.mu)
+    def predicted(self, policy: ExitPolicy) -> _Solution:
+        digest = policy.routing_digest()
+        if digest not in self.by_routing:
+            self.by_routing[digest] = super().predicted(policy)
+        return self.by_routing[digest]
 
 
 @dataclass(frozen=True)
@@ -751,7 +768,7 @@ def _solver(spec: PolicySpec, data: _Data, exact: bool) -> _GenericSolver:
     if spec.kind == "fixed":
         return _GenericSolver(spec, data, key=_plan_only)
     if spec.kind == "oracle":  # the cheapest right (route, exit) depends on the order of every route's cost
-        return _GenericSolver(spec, data, key=_oracle_key)
+        return (_GenericSolver if exact else _ManySolver)(spec, data, key=_oracle_key)
     if spec.kind == "random":
         return _RandomSolver(spec, data)
     if spec.kind == "dimee" and not exact:
@@ -820,7 +837,14 @@ def _exit_costs(plans: list[TierPlan], costs: list[CostModel]) -> np.ndarray:
 
 
 def _cost_table(data: _Data, plans: list[TierPlan], costs: list[CostModel], route_costs: list[np.ndarray]) -> _CostTable:
-    flat = [np.nan_to_num(table.reshape(-1), nan=0.0) for table in route_costs]
+    flat: list[np.ndarray] = [np.empty(0)] * len(plans)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, table in enumerate(route_costs):
+        by_shape.setdefault(table.shape, []).append(i)
+    for members in by_shape.values():  # NaN (a route that cannot answer at a depth) holds no samples: cost 0
+        stacked = np.nan_to_num(np.stack([route_costs[i].reshape(-1) for i in members]), nan=0.0)
+        for i, row in zip(members, stacked):
+            flat[i] = row
     per_payload = {}
     for i, (plan, cost) in enumerate(zip(plans, costs)):
         if _has_rate(cost):

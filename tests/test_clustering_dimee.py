@@ -312,7 +312,7 @@ def test_fit_many_gives_each_setting_the_state_fit_gives_it(fit_test, params):
     settings = [(CostModel(mobile_to_edge=a, edge_to_cloud=b), mu) for a, b, mu in
                 [(0.0, 0.3, 0.1), (0.6, 0.05, 0.3), (0.2, 0.2, 0.0), (0.6, 0.6, 1.0)]]  # fmt: skip
     proto = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, **params)
-    many = proto.fit_many(settings, fit.logits, fit.labels)
+    many = proto.fit_many([{"cost_model": cost, "mu": mu} for cost, mu in settings], fit.logits, fit.labels)
     assert not hasattr(proto, "plan_")  # the prototype itself stays unfitted
     for (cost, mu), policy in zip(settings, many):
         alone = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, cost_model=cost, mu=mu, **params).fit(fit.logits, fit.labels)
@@ -325,5 +325,7 @@ def test_fit_many_refuses_like_fit_and_leaves_nothing_half_fitted(fit_test):
     fit, _ = fit_test
     proto = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID)
     with pytest.raises(PolicyError, match="mu must be finite"):
-        proto.fit_many([(None, 0.1), (None, -1.0)], fit.logits, fit.labels)
+        proto.fit_many([{"mu": 0.1}, {"mu": -1.0}], fit.logits, fit.labels)
+    with pytest.raises(PolicyError, match="must share plan"):
+        proto.fit_many([{"plan": TierPlan(1, 3, 6)}], fit.logits, fit.labels)
     assert proto.fit_many([], fit.logits, fit.labels) == []

@@ -10,7 +10,7 @@ straight to the cloud, every layer run there), so that route costs exactly 1.0. 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Sequence
 
@@ -66,7 +66,7 @@ class CostModel:
         unknown = sorted(set(changes) - set(self.field_names()))
         if unknown:
             raise CostModelError(f"unknown cost model field(s) {unknown}; known: {', '.join(self.field_names())}")
-        return replace(self, **{k: float(v) for k, v in changes.items()})
+        return type(self)(**{**self.__dict__, **{k: float(v) for k, v in changes.items()}})
 
     @classmethod
     def splitee(cls, offload: float = 0.3) -> "CostModel":
