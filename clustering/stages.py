@@ -28,7 +28,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .errors import PolicyError
 
@@ -166,11 +166,21 @@ def _held_out_rewards(assigned: np.ndarray, n_groups: int, rewards: LinearReward
     return total.sum(axis=1) / assigned.size
 
 
+_THREADPOOLS: list[ThreadpoolController] = []
+
+
+def _one_thread():
+    """BLAS/OpenMP capped at one thread; the controller scans the loaded libraries once (2 ms), not per fit."""
+    if not _THREADPOOLS:
+        _THREADPOOLS.append(ThreadpoolController())
+    return _THREADPOOLS[0].limit(limits=1)
+
+
 def _kmeans(z: np.ndarray, k: int, n_init: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
     if k == 1:
         return z.mean(axis=0, keepdims=True), np.zeros(z.shape[0], dtype=np.int64)
     # One thread: these fits are small and many; OpenMP threads made them 40-200x slower on a busy 2-core box.
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
+    with warnings.catch_warnings(), _one_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k: duplicate centres
         km = KMeans(n_clusters=k, n_init=n_init, random_state=random_state).fit(z)
     return km.cluster_centers_.astype(np.float64), km.labels_.astype(np.int64)
