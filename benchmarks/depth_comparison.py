@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,26 +22,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cache_report import command_line, write_results  # noqa: E402
+from glue_eval.depth import MAJORITY_NOTE, per_exit_row  # noqa: E402
 from glue_eval.report import markdown_table, report_tables  # noqa: E402
-from tiers import read_run_info  # noqa: E402
-
-
-def per_exit_row(run: Path, model: str) -> dict:
-    """Per-exit validation metric (x100) of a cached run, with its layer count and training time."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    info = read_run_info(run)
-    name = metrics["primary_metric"]
-    exits = metrics["splits"]["validation"]["per_exit"]
-    plan = info.plan
-    row = {"task": metrics["task"], "model": model, "layers": len(exits),
-           "plan": f"1-{plan.mobile_end} / {plan.mobile_end + 1}-{plan.edge_end} / {plan.edge_end + 1}-{plan.num_layers}",
-           "epochs": info.training.get("epochs"), "train_s": info.training.get("train_seconds"),
-           "device": info.training.get("device")}  # fmt: skip
-    labels = np.load(run / "logits" / "validation.labels.npy")
-    if info.num_labels > 1:  # what always answering the most frequent class scores: the floor of "learned"
-        row["majority class"] = round(100 * float(np.bincount(labels.astype(np.int64)).max() / labels.size), 1)
-    row.update({f"exit {e['exit']}": round(100 * e[name], 1) for e in exits})
-    return row
 
 
 def cut_rows(run: Path, model: str, max_drop: float) -> pd.DataFrame:
@@ -84,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     write_results(ROOT / args.out, data, f"Depth: {args.shallow} vs {args.deep}, per task", __doc__.split("\n\n")[1].replace("\n", " "), [
         "## Per-exit validation metric (x100) and training time",
         "",
-        "`majority class`: the accuracy of always answering the most frequent validation label. A run whose exits "
-        "sit near it has not learned the task, and its cost cuts below are noise, whatever the calibration split says.",
+        MAJORITY_NOTE,
         "",
         markdown_table(exit_table),
         "",

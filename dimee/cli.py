@@ -108,7 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from glue_eval.report import write_glue_report
+    from glue_eval.glue_md import write_glue_report
 
     command = "dimee report " + " ".join(args.runs) + f" --out {args.out} --max-drop {args.max_drop}"
     families = None
@@ -185,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--pair", nargs="+", default=None, help="second texts for pair tasks (one per text)")
     predict.set_defaults(func=cmd_predict)
 
-    report = sub.add_parser("report", help="every policy at the operating point on each run, Pareto plots (results/glue.md)")
+    report = sub.add_parser(
+        "report",
+        help="every policy at the operating point on each run, Pareto plots (results/glue.md); the runs of each "
+        "further encoder (base model, layer count) get their own section and -<name> files",
+    )
     report.add_argument("runs", nargs="+")
     report.add_argument("--out", default="results")
     report.add_argument("--max-drop", type=float, default=0.003, help="target metric drop vs the final exit (0.003 = 0.3 points)")

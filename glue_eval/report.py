@@ -47,7 +47,6 @@ from tiers import CachedSplit, CostModel, TierPlan, read_cached_split, read_run_
 from tiers.run import POLICY_FILE, read_temperatures
 
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
-from .scoreboard import BUDGETS, scoreboard
 from .tasks import run_task
 
 CALIBRATION = "calibration"
@@ -359,7 +358,7 @@ def evaluate_policy_on_run(policy: ExitPolicy, run_dir: str | Path, split: str =
     return _row(type(policy).__name__, None, None, scored, info.task)
 
 
-# ---- the GLUE report: operating-point table and Pareto curves per task ------------------------------------
+# ---- the GLUE report's curves and summary (the file itself, glue.md: glue_eval.glue_md) -----------------------
 def knob_curves(run_dir: str | Path, use_temperatures: bool = True) -> pd.DataFrame:
     """Each policy over its own knob (fit on calibration, scored on validation): the Pareto plot's points,
     as report rows (the table's rows are among them)."""
@@ -373,113 +372,6 @@ def pareto_frame(rows: pd.DataFrame, metric_name: str | None = None) -> pd.DataF
     frame["final_metric"] = (rows["metric"].astype(float) + rows["drop"].astype(float)).round(2) / 100
     frame["metric_name"] = metric_name or [primary_metric(t) for t in rows["task"]]
     return frame
-
-
-def write_glue_report(
-    runs: Sequence[str | Path],
-    out_dir: str | Path = "results",
-    max_drop: float = 0.003,
-    command: str = "",
-    use_temperatures: bool = True,
-    families: Sequence[str | Tunable] | None = None,
-    eval_split: str = VALIDATION,
-) -> Path:
-    """results/glue.md (+ glue.json, glue_<task>_pareto.png): every policy at the operating point, per task.
-    `families` limits the knob-bearing policies (default: all of `tunable_policies`); the knob-free ones, the
-    random baseline (with dimee) and the oracle are always there. `eval_split`: the cached split scored (e.g.
-    one cached with `dimee eval RUN --split NAME`); the knobs are always chosen on calibration."""
-    from .plots import plot_pareto
-
-    out_dir = Path(out_dir)
-    infos = [read_run_info(run) for run in runs]
-    scored = [  # every run scored before anything is written (a missing split leaves no half report)
-        report_tables(run, max_drop=max_drop, eval_split=eval_split, families=families, use_temperatures=use_temperatures)
-        for run in runs
-    ]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables, all_curves, notes = [], [], []
-    for run, info, (table, curves) in zip(runs, infos, scored):
-        tables.append(table)
-        all_curves.append(curves)
-        plot_pareto(pareto_frame(curves, primary_metric(run_task(info))), out_dir / f"glue_{info.task}_pareto.png", task=info.task)
-        temps = "temperatures.json applied" if run_temperatures(run, info.plan.num_layers, use_temperatures) is not None else "uncalibrated"
-        notes.append(
-            f"- `{run}`: {info.task}, {info.training.get('data', '')}, n_train {info.training.get('n_train')}, {temps}"
-        )
-    combined = pd.concat(tables, ignore_index=True)
-    (out_dir / "glue.json").write_text(combined.to_json(orient="records", indent=1))
-    summary = _summary(combined)
-    boards = [scoreboard(curves, DIMEE_VARIANTS, BASELINES) for curves in all_curves]  # per run: never mixed
-    per_policy = pd.concat([b[0] for b in boards], ignore_index=True)
-    board = pd.concat([b[1] for b in boards], ignore_index=True)
-    (out_dir / "glue_scoreboard.json").write_text(
-        json.dumps({"policies": per_policy.to_dict(orient="records"), "summary": board.to_dict(orient="records")}, indent=1)
-    )
-    ahead = int(board["dimee_at_or_above"].fillna(False).astype(bool).sum()) if len(board) else 0
-    shown = combined.assign(meets_target=[_target_cell(v) for v in combined["meets_target"]])
-    missed = int((combined["meets_target"] == False).sum())  # noqa: E712 (None = not applicable)
-    lines = [
-        "# GLUE: DIMEE and the baselines at the operating point",
-        "",
-        f"Command: `{command}`" if command else "",
-        "",
-        f"Operating point: each policy's knob chosen on the calibration split (two-fold cross-fitting) as the "
-        f"cheapest setting with a task-metric drop <= {100 * max_drop:.1f} points vs the final exit; then fitted "
-        f"on the whole calibration split and scored once on {eval_split}. `cv_drop` / `cv_cost` are the "
-        "cross-fitted calibration figures the choice was made on (knob-free policies: measured on the whole "
-        "calibration split); `meets_target` says whether that calibration drop is within the target. Where no "
-        "knob meets it, the knob with the smallest calibration drop is shown and the row is marked **missed**: "
-        f"it is not an operating point. `metric` is the task's primary GLUE metric (x100) on {eval_split}, `drop` "
-        "its loss vs the final exit there, cost normalised by the all-cloud reference (token ids sent straight "
-        "to the cloud, all L layers there = 1.0). Cost model: the run's (README defaults).",
-        "",
-        "## Summary (per task, among rows that met the target on calibration: the lowest calibration cost; "
-        f"its {eval_split} figures)",
-        "",
-        markdown_table(summary),
-        "",
-        "## Scoreboard: whole curves (Pareto area and metric at equal cost)",
-        "",
-        "Each policy's Pareto front over its knob, with the trivial deployments all-mobile and all-cloud added "
-        "(any policy can fall back to them), on the common cost range [all-mobile's cost, 1]. `area`: the mean "
-        "over that range of (front metric - all-cloud metric), in metric points (higher is better; 0: as good as "
-        "all-cloud over the whole range; the front is a step function, so the trivial points alone score "
-        "all-mobile's gap). `gap@b`: front metric - all-cloud metric at cost budget "
-        f"b ({', '.join(f'{b:g}' for b in BUDGETS)}; empty where b is below all-mobile's cost). "
-        "`dimee_at_or_above` counts a tie. `cal_area` is computed from the cross-fitted calibration "
-        "figures the knob choice uses; the DIMEE variant and the baseline compared per task are the ones with "
-        f"the highest `cal_area`, and {eval_split} (`val_area`, `gap@b`) is read once to score them "
-        "(`glue_eval/scoreboard.py`).",
-        "",
-        f"DIMEE (chosen on calibration) at or above the chosen baseline in {eval_split} area on {ahead} of "
-        f"{len(board)} run(s).",
-        "",
-        markdown_table(board),
-        "",
-        markdown_table(per_policy),
-        "",
-        "## Every policy, every task",
-        "",
-        f"{missed} row(s) missed the target on calibration." if missed else "Every row met the target on calibration.",
-        "",
-        markdown_table(shown),
-        "",
-        "## Runs",
-        "",
-        *notes,
-        "",
-        f"Pareto plots (every knob of every policy, fitted on calibration, scored on {eval_split}; the table's "
-        "rows are among their points): " + ", ".join(f"`glue_{t}_pareto.png`" for t in combined["task"].unique()),
-    ]
-    path = out_dir / "glue.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _target_cell(value) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return "yes" if bool(value) else "**missed**"
 
 
 def _best(group: pd.DataFrame, names: Sequence[str]) -> pd.Series | None:

@@ -17,13 +17,14 @@ cloud: 0.50 + j * 0.02). These are written out below, not computed by the code u
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from clustering import DimeePolicy, ThresholdPolicy
-from glue_eval import report
+from glue_eval import glue_md, report
 from glue_eval.report import Tunable, compare_policies, report_tables
 from tiers import CachedSplit, CostModel, RunInfo, TierPlan, write_cached_split, write_run_info
 from tiers.run import TEMPERATURES_FILE
@@ -49,11 +50,11 @@ def _split(repeat: int) -> CachedSplit:
     return CachedSplit(logits, np.array(labels, dtype=np.int64), np.full(n, 10, dtype=np.int32))
 
 
-def make_run(folder):
+def make_run(folder, base_model=""):
     write_run_info(
         folder,
         RunInfo(task="sst2", text_fields=["sentence"], label_names=["negative", "positive"], num_labels=2,
-                max_length=64, plan=PLAN, cost_model=CostModel()),
+                max_length=64, plan=PLAN, cost_model=CostModel(), base_model=base_model),
     )
     write_cached_split(folder, "calibration", _split(repeat=5))  # the same 8 shapes, 40 samples
     write_cached_split(folder, "validation", _split(repeat=1))
@@ -217,7 +218,7 @@ def test_report_table_plot_and_json_agree(run, tmp_path, monkeypatch):
     monkeypatch.setattr("glue_eval.plots.plot_pareto", lambda df, path, task=None: drawn.append(df.copy()))
     real = report.report_tables
     monkeypatch.setattr(report, "report_tables", lambda *a, **k: real(*a, **{**k, "families": FAMILIES}))
-    path = report.write_glue_report([run], tmp_path / "out", command="dimee report run")
+    path = glue_md.write_glue_report([run], tmp_path / "out", command="dimee report run")
     stored = pd.DataFrame(json.loads((tmp_path / "out" / "glue.json").read_text()))
     (plotted,) = drawn
     assert set(stored["policy"]) >= {"all-mobile", "all-edge", "all-cloud", "threshold", "patience", "dimee", "oracle"}
@@ -238,6 +239,35 @@ def test_report_table_plot_and_json_agree(run, tmp_path, monkeypatch):
     patience_line = next(line for line in every.splitlines() if line.startswith("| sst2 | patience |"))
     assert "| yes |" in patience_line and "**missed**" not in patience_line
     assert "row(s) missed the target on calibration" in text
+
+
+def test_a_second_encoder_gets_its_own_section_and_files(tmp_path, monkeypatch):
+    """Runs of two encoders: the first one's part of glue.md and its files are the one-encoder report's; the
+    second gets a section (per-exit metric of both, its tables) and suffixed files, so no plot is overwritten."""
+    drawn = []
+    monkeypatch.setattr("glue_eval.plots.plot_pareto", lambda df, path, task=None: drawn.append(Path(path).name))
+    real = report.report_tables
+    monkeypatch.setattr(report, "report_tables", lambda *a, **k: real(*a, **{**k, "families": FAMILIES[:2]}))
+    runs = [make_run(tmp_path / "small", "small-offline"), make_run(tmp_path / "deep", "org/Deep-Model-offline")]
+    for folder, final in zip(runs, (0.625, 0.5)):  # the deep run's final exit sits on its floor (4 of 8 labels)
+        per_exit = [{"exit": e, "accuracy": 0.5} for e in range(1, 6)] + [{"exit": 6, "accuracy": final}]
+        metrics = {"task": "sst2", "primary_metric": "accuracy", "splits": {"validation": {"per_exit": per_exit}}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    alone = glue_md.write_glue_report(runs[:1], tmp_path / "alone", command="dimee report").read_text()
+    both = glue_md.write_glue_report(runs, tmp_path / "both", command="dimee report").read_text()
+    head, section = both.split("\n## 6-layer encoder (`org/Deep-Model-offline`)\n")
+    assert head == alone
+    for name in ("glue.json", "glue_scoreboard.json"):
+        assert (tmp_path / "both" / name).read_text() == (tmp_path / "alone" / name).read_text()
+    assert drawn == ["glue_sst2_pareto.png", "glue_sst2_pareto.png", "glue_sst2_pareto-deep-model.png"]
+    deep = json.loads((tmp_path / "both" / "glue-deep-model.json").read_text())
+    assert {row["policy"] for row in deep} >= {"all-cloud", "threshold", "patience", "oracle"}
+    assert "summary" in json.loads((tmp_path / "both" / "glue_scoreboard-deep-model.json").read_text())
+    assert "| sst2 | small | 6 | 1-2 / 3-4 / 5-6 |" in section and "| sst2 | deep-model | 6 |" in section
+    assert "sst2, deep-model (6 layers): final exit 50.0 vs majority class 50.0: near the majority-class" in section
+    assert "sst2, small" not in section.split("### Final exit")[0].split("floor (final exit")[1]
+    assert "| sst2 | accuracy | 62.5 | 50.0 | 92.32 | not quoted |" in section
+    assert "### Every policy, every task" in section and "`glue_sst2_pareto-deep-model.png`" in section
 
 
 def test_curves_contain_the_table_rows(run):

@@ -1,5 +1,6 @@
 """scripts/reproduce.sh rebuilds the committed GLUE table from the committed logit caches (no weights, no model
-run): on the smallest task the regenerated rows equal the rows in results/glue.json."""
+run): on the smallest task the regenerated rows equal the rows in results/glue.json, and with the 12-layer RTE
+cache beside it, glue.md's 12-layer section holds the rows of results/glue-mpnet.json."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "results" / "caches" / "minilm" / "wnli"
+DEEP = REPO / "results" / "caches" / "mpnet" / "rte"  # the 12-layer run, if committed
 
 
 @pytest.mark.skipif(not CACHE.exists(), reason="no committed WNLI cache")
 def test_reproduce_regenerates_the_committed_rows(tmp_path):
     env = {**os.environ, "DIMEE_SKIP_SETUP": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    deep = DEEP.exists() and (REPO / "results" / "glue-mpnet.json").exists()
     done = subprocess.run(
-        ["bash", "scripts/reproduce.sh", str(tmp_path), str(CACHE)],
+        ["bash", "scripts/reproduce.sh", str(tmp_path), str(CACHE), *([str(DEEP)] if deep else [])],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -28,3 +31,17 @@ def test_reproduce_regenerates_the_committed_rows(tmp_path):
     assert next(r for r in regenerated if r["policy"] == "all-cloud")["normalised_cost"] == 1.0
     assert (tmp_path / "glue_wnli_pareto.png").stat().st_size > 10_000
     assert (tmp_path / "sweep_routes.csv").exists()
+    if not deep:
+        return
+    rows = json.loads((tmp_path / "glue-mpnet.json").read_text())
+    assert rows == [row for row in json.loads((REPO / "results" / "glue-mpnet.json").read_text()) if row["task"] == "rte"]
+    text = (tmp_path / "glue.md").read_text()
+    shallow, section = text.split("\n## 12-layer encoder (`mpnet-offline`)\n")
+    committed = (REPO / "results" / "glue.md").read_text().split("\n## 12-layer encoder")[0].splitlines()
+    assert [line for line in shallow.splitlines() if line.startswith("| wnli |")] == [
+        line for line in committed if line.startswith("| wnli |")
+    ]  # the 6-layer part's rows are the committed ones
+    assert "| rte | mpnet | 12 | 1-4 / 5-8 / 9-12 |" in section and "| rte | dimee |" in section
+    assert "`majority class`" in section and "| rte | accuracy |" in section  # floor and published scores
+    assert (tmp_path / "glue_rte_pareto-mpnet.png").stat().st_size > 10_000
+    assert not (tmp_path / "glue_rte_pareto.png").exists() and not (tmp_path / "sweep_routes-rte.png").exists()
