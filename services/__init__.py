@@ -23,8 +23,7 @@ Names are imported on first use (PEP 562), so that `services.policy`, `services.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 #: public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -61,19 +60,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        try:  # a submodule: services.tier, services.app, ...
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
+from tiers.lazy import lazy_exports  # noqa: E402
 
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
