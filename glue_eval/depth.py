@@ -104,10 +104,11 @@ def floor_note(row: dict, margin: float = FLOOR_MARGIN) -> str | None:
     final = row.get(f"exit {row['layers']}")
     if floor is None or final is None or final - floor > margin:
         return None
-    where = "below" if final < floor else "near"
+    head = f"{row['task']}, {row['model']} ({row['layers']} layers): final exit {final} vs majority class {floor}: "
+    if final < floor:
+        return head + "below the majority-class floor: it has not learned the task, and its cost cuts are noise"
     return (
-        f"{row['task']}, {row['model']} ({row['layers']} layers): final exit {final} vs majority class {floor}: "
-        f"{where} the majority-class floor (within {margin:g} points): it has barely learned the task, if at all, "
+        head + f"near the majority-class floor (within {margin:g} points): it has barely learned the task, if at all, "
         "and its cost cuts are noise"
     )
 

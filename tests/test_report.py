@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from clustering import DimeePolicy, ThresholdPolicy
-from glue_eval import glue_md, report
+from glue_eval import depth, glue_md, report
 from glue_eval.report import Tunable, compare_policies, report_tables
 from tiers import CachedSplit, CostModel, RunInfo, TierPlan, write_cached_split, write_run_info
 from tiers.run import TEMPERATURES_FILE
@@ -268,6 +268,14 @@ def test_a_second_encoder_gets_its_own_section_and_files(tmp_path, monkeypatch):
     assert "sst2, small" not in section.split("### Final exit")[0].split("floor (final exit")[1]
     assert "| sst2 | accuracy | 62.5 | 50.0 | 92.32 | not quoted |" in section
     assert "### Every policy, every task" in section and "`glue_sst2_pareto-deep-model.png`" in section
+
+
+def test_floor_note_names_runs_near_or_below_the_majority_class():
+    row = {"task": "rte", "model": "m", "layers": 2, "majority class": 52.7, "exit 2": 56.7}
+    assert "near the majority-class floor (within 5 points)" in depth.floor_note(row)
+    assert depth.floor_note({**row, "exit 2": 57.8}) is None
+    assert "below the majority-class floor" in depth.floor_note({**row, "exit 2": 40.0})
+    assert depth.floor_note({"task": "stsb", "model": "m", "layers": 2, "exit 2": 10.0}) is None  # regression
 
 
 def test_curves_contain_the_table_rows(run):
