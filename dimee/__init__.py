@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "EarlyExitModel": "tiers:EarlyExitModel",
     "ExitData": "clustering:ExitData",
     "TierPlan": "tiers:TierPlan",
-    "TrainConfig": "glue_eval.training:TrainConfig",
+    "TrainConfig": "glue_eval.train_config:TrainConfig",
     "calibrate": "glue_eval.calibration:calibrate_run",
     "compare_policies": "glue_eval.report:compare_policies",
     "default_plan": "tiers:default_plan",

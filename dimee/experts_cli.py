@@ -101,7 +101,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from glue_eval.distortion import DISTORTIONS
-    from glue_eval.experts import DETECTOR_FEATURES, EXPERT_TYPES, POLICY_NAMES
+    from glue_eval.expert_options import DETECTOR_FEATURES, EXPERT_TYPES, POLICY_NAMES
 
     experts = subparsers.add_parser("experts", help="expert exits for distorted text: train, evaluate, distort, detect")
     sub = experts.add_subparsers(dest="experts_command", required=True)

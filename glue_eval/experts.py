@@ -50,12 +50,8 @@ from .metrics import compute_glue_metrics, predictions_from_logits, primary_metr
 from .report import choose_knob, tunable_policies
 from .tasks import GlueTask, run_task
 from .training import Encoded, load_run_data, pad_batch, pick_device, set_seed, stored_config
+from .expert_options import DETECTOR_FEATURES, EXPERT_TYPES, MODES, POLICY_NAMES, TRAIN_SOURCES  # noqa: F401
 
-EXPERT_TYPES: tuple[str, ...] = ("char_swap", "char_drop", "char_insert", "keyboard", "word_dropout", "case_punct")
-DETECTOR_FEATURES: tuple[str, ...] = ("text", "text+embedding", "text+mobile")
-MODES: tuple[str, ...] = ("standard", "detector", "true_type")
-POLICY_NAMES: tuple[str, ...] = ("threshold", "entropy", "patience", "dimee", "dimee-edge")  # report.tunable_policies
-TRAIN_SOURCES: tuple[str, ...] = ("train", "calibration")
 CACHE_DIR = "cache"
 CACHE_FORMAT = 1
 
