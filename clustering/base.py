@@ -171,11 +171,15 @@ class ExitPolicy(BaseEstimator):
         features: np.ndarray | None = None,
     ) -> list["ExitPolicy"]:
         """One copy of this policy per dict of `params` (this policy's parameters with those replaced), each
-        fitted to the state ``fit`` gives it on the same data. The copies may differ in ``cost_model`` and the
+        fitted to the state ``fit(logits, labels, features)`` gives it on the same data (a subclass whose ``fit``
+        takes further arguments, such as RandomTierPolicy's reference tiers, is fitted without them). The copies may differ in ``cost_model`` and the
         subclass's own parameters, not in ``plan`` or ``temperatures``: the fit input is checked once. A
         subclass whose fit can share work across the copies (DimeePolicy) overrides ``_fit_copies``."""
         base = self.get_params(deep=False)
         for changes in params:
+            unknown = sorted(set(changes) - set(base))
+            if unknown:
+                raise PolicyError(f"fit_many: {type(self).__name__} has no parameter(s) {', '.join(unknown)}")
             fixed = {"plan", "temperatures"} & set(changes)
             if fixed:
                 raise PolicyError(f"fit_many: the copies must share {', '.join(sorted(fixed))}; fit them separately")

@@ -115,7 +115,8 @@ def _fit_per_tier_clusters(
         key = (k, chosen.tobytes())  # the copies share their clustering for each k
         if key not in outcomes:
             outcomes[key] = (policy.predict_outcome(logits, features), policy.routing_digest())
-        outcome, policy._routing_digest = outcomes[key]
+        outcome, digest = outcomes[key]
+        policy._routing_digest = (policy._digest_basis(), digest)  # kept while the stages and params stay
         policy._set_fit_summary_from(outcome, correct, path_costs)
 
 
@@ -345,6 +346,11 @@ class DimeePolicy(ExitPolicy):
     def _per_tier_clusters(self) -> bool:
         return self.decision_exits is None and self.assignment == "clusters" and not self.edge_stage
 
+    def _digest_basis(self) -> tuple:
+        """What a kept routing digest was computed from: the stage objects and the feature parameters."""
+        stages = (self.stage1_, self.stage2_, *getattr(self, "cascade_stages_", []), getattr(self, "entry_stage_", None))
+        return (tuple(id(stage) for stage in stages), self.feature, tuple(self.profile_features))
+
     def _reset_fitted_state(self) -> None:
         self.__dict__.pop("_routing_digest", None)
         self.decision_exits_ = self._resolve_decision_exits()
@@ -358,8 +364,8 @@ class DimeePolicy(ExitPolicy):
         or mu only, with equal digests, answer every input alike."""
         self._check_fitted()
         known = self.__dict__.get("_routing_digest")
-        if known is not None:
-            return known
+        if known is not None and known[0] == self._digest_basis():
+            return known[1]
         h = hashlib.blake2b(digest_size=16)
         stages = [self.stage1_, self.stage2_, *self.cascade_stages_, getattr(self, "entry_stage_", None)]
         for stage in stages:

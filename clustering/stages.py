@@ -113,7 +113,9 @@ class LinearRewards:
     """Rewards of S settings at once: ``reward[s, i, j] = gain[i, j] - penalty[s, j]`` (DIMEE's
     ``correct_j - mu * cost_j``: the gain is per sample, the penalty per setting and candidate). Plain
     rewards [n, J] are the case S = 1 with penalty 0. A stage fitted on them shares, across the S settings,
-    everything that does not depend on the penalty: group sums of the gain, not S copies of them."""
+    everything that does not depend on the penalty: group sums of the gain, not S copies of them. (A group's
+    mean reward is its mean gain minus the penalty: equal to averaging the per-sample rewards up to float
+    rounding, which the 12-decimal rounding of the choice absorbs.)"""
 
     gain: np.ndarray  # [n, J]
     penalty: np.ndarray  # [S, J]

@@ -418,3 +418,17 @@ def _missing(value) -> bool:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
         return False
+
+
+def __getattr__(name: str):
+    """``write_glue_report`` and ``BUDGETS`` moved to ``glue_eval.glue_md`` / ``glue_eval.scoreboard``; the old
+    import path still works (lazily: glue_md imports this module)."""
+    if name == "write_glue_report":
+        from .glue_md import write_glue_report
+
+        return write_glue_report
+    if name == "BUDGETS":
+        from .scoreboard import BUDGETS
+
+        return BUDGETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -536,7 +536,7 @@ class _GenericSolver:
 
     def __init__(self, spec: PolicySpec, data: _Data, key: Callable[[_Context], tuple] | None = None):
         self.spec, self.data = spec, data
-        self.key = key or (lambda ctx: (ctx.plan.spec, _cost_key(ctx), _value_key(ctx.values)))
+        self.key = key or (lambda ctx: (ctx.plan, _cost_key(ctx), _value_key(ctx.values)))
         self.cache: dict[tuple, _Solution] = {}
 
     def build(self, ctx: _Context, **override: Any) -> ExitPolicy:
@@ -586,7 +586,7 @@ class _ManySolver(_GenericSolver):
         for ctx, key in zip(contexts, keys):
             if key not in self.cache:
                 rest = {k: v for k, v in ctx.values.items() if k not in self.varying}
-                groups.setdefault((ctx.plan.spec, _value_key(rest)), {}).setdefault(key, ctx)
+                groups.setdefault((ctx.plan, _value_key(rest)), {}).setdefault(key, ctx)
         for members in groups.values():
             first = next(iter(members.values()))
             proto = self.build(first)
@@ -598,7 +598,7 @@ class _ManySolver(_GenericSolver):
 
 
 def _plan_only(ctx: _Context) -> tuple:
-    return (ctx.plan.spec,)
+    return (ctx.plan,)  # the plan itself: two plans with one spec may accept other boundaries
 
 
 class _RandomSolver(_GenericSolver):
@@ -610,7 +610,7 @@ class _RandomSolver(_GenericSolver):
             ref = None if reference is None else reference[index]
             tiers = None if ref is None else path_table(ctx.plan).final[ref.routes]
             shares = None if tiers is None else tuple(np.bincount(tiers, minlength=3).tolist())
-            key = (ctx.plan.spec, shares)
+            key = (ctx.plan, shares)
             if key not in self.cache:
                 policy = self.build(ctx)
                 self.cache[key] = self.fitted(policy, **({} if tiers is None else {"reference_tiers": tiers}))
@@ -710,7 +710,7 @@ class _SelectSolver(_GenericSolver):
 
     def _candidates(self, ctx: _Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Knob values, the fit-split exits [G, n_fit] each gives and per-exit correctness, as in the fit."""
-        if ctx.plan.spec not in self.candidates:
+        if ctx.plan not in self.candidates:
             fit = self.data.fit
             probe = self.build(ctx, **{self.knob_name: 1.0 if self.knob_name == "threshold" else 1})
             probe.fit(fit.logits, fit.labels)
@@ -723,11 +723,11 @@ class _SelectSolver(_GenericSolver):
                 knobs = np.arange(1, max(2, probe.num_layers_))
                 exits = np.stack([probe._exits_from_counters(counters, int(p)) for p in knobs])  # as PatiencePolicy.fit
             correct = per_exit_correct(fit.logits, fit.labels, probe.regression_tolerance)
-            self.candidates[ctx.plan.spec] = (knobs, exits.astype(np.int64), correct)
-        return self.candidates[ctx.plan.spec]
+            self.candidates[ctx.plan] = (knobs, exits.astype(np.int64), correct)
+        return self.candidates[ctx.plan]
 
     def _selector(self, ctx: _Context, max_drop: float) -> _Selector:
-        key = (ctx.plan.spec, max_drop)
+        key = (ctx.plan, max_drop)
         if key not in self.selectors:
             _, exits, correct = self._candidates(ctx)
             self.selectors[key] = _Selector.build(exits, correct, max_drop)
@@ -738,7 +738,7 @@ class _SelectSolver(_GenericSolver):
         return proto.selection == "max_drop"  # the candidates above are scored with the policy's temperatures
 
     def _with_knob(self, ctx: _Context, knob: float | int) -> _Solution:
-        key = (ctx.plan.spec, knob)
+        key = (ctx.plan, knob)
         if key not in self.by_knob:
             self.by_knob[key] = self.fitted(self.build(ctx, **{self.knob_name: knob}))
         return self.by_knob[key]
@@ -753,7 +753,7 @@ class _SelectSolver(_GenericSolver):
             elif not self._supported(ctx):
                 out[index] = self.solve_one(ctx)
             else:
-                groups.setdefault((ctx.plan.spec, float(self._proto(ctx).max_drop)), []).append(index)
+                groups.setdefault((ctx.plan, float(self._proto(ctx).max_drop)), []).append(index)
         for (_, max_drop), members in groups.items():
             first = contexts[members[0]]
             knobs = self._candidates(first)[0]
@@ -783,7 +783,7 @@ def _solver(spec: PolicySpec, data: _Data, exact: bool) -> _GenericSolver:
 def _fit_input_key(ctx: _Context) -> tuple:
     """What a registry policy's fit reads: the plan, the normalised costs of every (route, exit) without
     payload sizes (the linear route's are among them) and its own parameters."""
-    return (ctx.plan.spec, ctx.path_costs.tobytes(), _value_key(ctx.values))
+    return (ctx.plan, ctx.path_costs.tobytes(), _value_key(ctx.values))  # NaN bytes are deterministic here
 
 
 @lru_cache(maxsize=64)
@@ -795,7 +795,7 @@ def _oracle_key(ctx: _Context) -> tuple:
     """The oracle's answers depend on the costs only through the order it tries its candidates in."""
     routes, exits = _all_candidates(ctx.plan)
     order = cheapest_first(exits, ctx.path_costs[routes, exits - 1])
-    return (ctx.plan.spec, order.tobytes(), _value_key(ctx.values))
+    return (ctx.plan, order.tobytes(), _value_key(ctx.values))
 
 
 # ---- scoring ----------------------------------------------------------------------------------------------
@@ -813,13 +813,17 @@ def _has_rate(cost: CostModel) -> bool:
     return cost.mobile_edge_rate_bps > 0 or cost.edge_cloud_rate_bps > 0 or cost.mobile_cloud_rate_bps > 0
 
 
+def _by_plan(plans: list[TierPlan]) -> dict[TierPlan, list[int]]:
+    groups: dict[TierPlan, list[int]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault(plan, []).append(i)
+    return groups
+
+
 def _route_costs(plans: list[TierPlan], costs: list[CostModel]) -> list[np.ndarray]:
     """Each setting's [P, L] route costs without payload; one product per plan (costs are linear in the fields)."""
     out: list[np.ndarray] = [np.empty(0)] * len(plans)
-    by_plan: dict[TierPlan, list[int]] = {}
-    for i, plan in enumerate(plans):
-        by_plan.setdefault(plan, []).append(i)
-    for plan, members in by_plan.items():
+    for plan, members in _by_plan(plans).items():
         for i, table in zip(members, path_costs_many([costs[i] for i in members], plan)):
             out[i] = table
     return out
@@ -828,10 +832,7 @@ def _route_costs(plans: list[TierPlan], costs: list[CostModel]) -> list[np.ndarr
 def _exit_costs(plans: list[TierPlan], costs: list[CostModel]) -> np.ndarray:
     """Each setting's [L] normalised exit costs on the linear route, one product per plan."""
     out = np.empty((len(plans), plans[0].num_layers))
-    by_plan: dict[TierPlan, list[int]] = {}
-    for i, plan in enumerate(plans):
-        by_plan.setdefault(plan, []).append(i)
-    for plan, members in by_plan.items():
+    for plan, members in _by_plan(plans).items():
         out[members] = normalised_exit_costs_many([costs[i] for i in members], plan)
     return out
 
@@ -993,7 +994,7 @@ def _sweep_run(
             solutions = solvers[spec.name].solve(contexts, ref)
             stats = []
             for plan, solution in zip(plans, solutions):
-                key = (plan.spec, solution.digest)
+                key = (plan, solution.digest)
                 if key not in stats_cache:
                     stats_cache[key] = _exit_stats(data, plan, solution)
                 stats.append(stats_cache[key])

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from tiers import (
+    OFFLINE_ENCODER,  # noqa: F401 (old import path)
     CachedSplit,
     CostModel,
     EarlyExitModel,
@@ -41,8 +42,8 @@ from tiers.run import METRICS_FILE, RUN_FILE
 from .data import available_splits, load_glue_split, local_split_path, split_for_calibration, subset
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
 from .owndata import DataSourceError, file_sha256, load_own_data, rows_fingerprint
-from .tasks import GlueTask, get_task, run_task
-from .train_config import TrainConfig, TrainingError
+from .tasks import TASKS, GlueTask, UnknownTaskError, get_task, run_task  # noqa: F401 (TASKS, UnknownTaskError: old import path)
+from .train_config import LOSS_WEIGHTINGS, TrainConfig, TrainingError  # noqa: F401 (LOSS_WEIGHTINGS: old import path)
 
 CALIBRATION_SPLIT = "calibration"
 VALIDATION_SPLIT = "validation"

@@ -329,3 +329,13 @@ def test_fit_many_refuses_like_fit_and_leaves_nothing_half_fitted(fit_test):
     with pytest.raises(PolicyError, match="must share plan"):
         proto.fit_many([{"plan": TierPlan(1, 3, 6)}], fit.logits, fit.labels)
     assert proto.fit_many([], fit.logits, fit.labels) == []
+
+
+def test_fit_many_names_an_unknown_parameter_and_the_kept_digest_follows_param_changes(fit_test):
+    fit, _ = fit_test
+    with pytest.raises(PolicyError, match="no parameter.*bogus"):
+        DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit_many([{"bogus": 1}], fit.logits, fit.labels)
+    policy = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit(fit.logits, fit.labels)
+    before = policy.routing_digest()
+    policy.set_params(profile_features=("confidence",))
+    assert policy.routing_digest() != before

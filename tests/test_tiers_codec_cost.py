@@ -159,5 +159,16 @@ def test_a_cost_model_whose_reference_route_is_free_is_refused():
     from tiers import TierPlan
 
     free_cloud = CostModel(cloud_layer=0.0, mobile_to_cloud=0.0)
-    with pytest.raises(CostModelError, match="reference route costs 0"):
+    with pytest.raises(CostModelError, match="costs 0 under this cost model"):
         free_cloud.path_costs(TierPlan(2, 4, 6))
+
+
+def test_a_free_reference_route_is_refused_everywhere_and_named_for_the_final_tier():
+    from tiers import TierPlan, normalised_exit_costs_many
+
+    with pytest.raises(CostModelError, match="give cloud_layer"):
+        normalised_exit_costs_many([CostModel(cloud_layer=0.0, mobile_to_cloud=0.0)], TierPlan(2, 4, 6))
+    with pytest.raises(CostModelError, match="give cloud_layer"):
+        CostModel(cloud_layer=0.0, mobile_to_cloud=0.0).path_costs(TierPlan(2, 4, 6), token_counts=np.array([5]), hidden_size=8)
+    with pytest.raises(CostModelError, match="straight to edge.*give edge_layer \\(or mobile_to_edge\\)"):
+        CostModel(edge_layer=0.0, mobile_to_edge=0.0).path_costs(TierPlan(2, 6, 6))

@@ -184,6 +184,8 @@ class CostModel:
             return sizes[boundary]
 
         reference = self.reference_units(plan, size(0))
+        if (np.asarray(reference) <= 0).any():
+            raise CostModelError(_free_reference_message(plan))
         for p, path in enumerate(paths):
             first, last = exit_span(plan, path)
             for j in range(max(1, first), last + 1):
@@ -266,17 +268,28 @@ def path_costs_many(cost_models: Sequence[CostModel], plan: TierPlan, paths: Seq
     units, reference = _path_units(plan, key)
     values = np.stack([c.linear_values() for c in cost_models]) if cost_models else np.zeros((0, len(LINEAR_FIELDS)))
     totals = _combine(values, units)
-    refs = _combine(values, reference[:, None])[:, 0]
-    if (refs <= 0).any():
-        raise CostModelError(
-            "the all-cloud reference route costs 0 under this cost model, so costs cannot be normalised by it: "
-            "give cloud_layer (or mobile_to_cloud) a value > 0"
-        )
-    return totals / refs[:, None, None]
+    return totals / _reference_units(values, plan, reference)[:, None, None]
 
 
 def normalised_exit_costs_many(cost_models: Sequence[CostModel], plan: TierPlan) -> np.ndarray:
     """:meth:`CostModel.normalised_exit_costs` of many cost models at once, [S, L]."""
     values = np.stack([c.linear_values() for c in cost_models]) if cost_models else np.zeros((0, len(LINEAR_FIELDS)))
     _, reference = _path_units(plan, tuple(enumerate_paths(plan)))
-    return _combine(values, _chain_units(plan)) / _combine(values, reference[:, None])
+    return _combine(values, _chain_units(plan)) / _reference_units(values, plan, reference)[:, None]
+
+
+def _reference_units(values: np.ndarray, plan: TierPlan, reference: np.ndarray) -> np.ndarray:
+    """The reference route's units per cost model [S]; a free reference route cannot normalise: refused."""
+    refs = _combine(values, reference[:, None])[:, 0]
+    if (refs <= 0).any():
+        raise CostModelError(_free_reference_message(plan))
+    return refs
+
+
+def _free_reference_message(plan: TierPlan) -> str:
+    final = "cloud" if plan.edge_end < plan.num_layers else "edge"
+    hop = "mobile_to_cloud" if final == "cloud" else "mobile_to_edge"
+    return (
+        f"the all-cloud reference route (token ids straight to {final}, every layer there) costs 0 under this cost "
+        f"model, so costs cannot be normalised by it: give {final}_layer (or {hop}) a value > 0"
+    )
