@@ -28,7 +28,7 @@ from glue_eval.report import BASELINES, DIMEE_VARIANTS, _summary, markdown_table
 from glue_eval.scoreboard import scoreboard  # noqa: E402
 from tiers import CostModel  # noqa: E402
 
-RUNS = ("mrpc", "rte", "sst2-4k", "stsb", "wnli")
+RUNS = ("cola", "mnli", "mrpc", "qnli", "rte", "sst2-4k", "stsb", "wnli")
 PRESETS = ("default", "splitee")
 
 

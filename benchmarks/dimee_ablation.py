@@ -5,7 +5,9 @@ calibration split come from two-fold cross-fitting, and each knob is also fitted
 and scored once on validation. The whole-curve scores (``glue_eval.scoreboard``: Pareto area over
 [all-mobile's cost, 1], in metric points vs all-cloud; higher is better) are given on both splits, next to the
 confidence threshold's. A choice "wins" where it raises the calibration area over its base variant; the
-validation column shows whether that carries over to held-out data.
+validation column shows whether that carries over to held-out data. A "+oof" row pools the calibration split
+with the run's out-of-fold training logits (`dimee oof`) in every fit set (scored on calibration halves only);
+runs without them have no such rows.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dimee_ablation.py      # -> results/dimee_ablation.{md,json}
 """
@@ -29,8 +31,10 @@ from clustering import DimeePolicy  # noqa: E402
 from glue_eval.report import MU_GRID, Tunable, markdown_table, report_tables, run_temperatures, tunable_policies  # noqa: E402
 from glue_eval.scoreboard import scoreboard  # noqa: E402
 from tiers import read_run_info  # noqa: E402
+from tiers.run import OOF_SPLIT  # noqa: E402
 
-RUNS = ("mrpc", "rte", "sst2-4k", "stsb", "wnli")
+RUNS = ("cola", "mnli", "mrpc", "qnli", "rte", "sst2-4k", "stsb", "wnli")
+POOL = "+oof"  # a variant name ending so pools the out-of-fold split into its fit sets
 CONFIDENCE = ("confidence",)
 WITH_AGREEMENT = ("confidence", "entropy", "margin", "agreement")
 # (name, base variant, DimeePolicy keywords): each row changes one thing of its base (the defaults: profile
@@ -57,6 +61,11 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("entry+cascade 5 folds", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "n_folds": 5}),
     ("entry+cascade +agreement", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "profile_features": WITH_AGREEMENT}),
     ("entry+cascade shrinkage=10", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "shrinkage": 10.0}),
+    ("entry+cascade +oof", "entry+cascade", {"decision_exits": "all", "entry": "embedding"}),
+    ("cascade +oof", "cascade", {"decision_exits": "all"}),
+    ("embedding", "", {"feature": "embedding"}),
+    ("embedding shrinkage=10", "embedding", {"feature": "embedding", "shrinkage": 10.0}),
+    ("embedding +oof", "embedding", {"feature": "embedding"}),
     ("paper (embedding pools)", "", {"feature": "embedding", "assignment": "pools"}),
 )
 
@@ -70,7 +79,8 @@ def families(run: Path) -> list[Tunable]:
     def build(kwargs: dict):
         return lambda mu: DimeePolicy(plan, cost, t, mu=mu, **kwargs)
 
-    out = [Tunable(name, sorted(MU_GRID, reverse=True), build(kw), True, needs_embedding="entry" in kw or "feature" in kw)
+    out = [Tunable(name, sorted(MU_GRID, reverse=True), build(kw), True, needs_embedding="entry" in kw or "feature" in kw,
+                   knob_param="mu", pools=OOF_SPLIT if name.endswith(POOL) else None)
            for name, _, kw in VARIANTS]
     return out + [f for f in tunable_policies(plan, cost, t) if f.name == "threshold"]
 

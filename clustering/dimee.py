@@ -92,6 +92,26 @@ CONTINUE = 0  # a cascade stage's "exit" for a cluster that continues to the nex
 
 
 # ---- the policy -------------------------------------------------------------------------------------------
+def _fit_candidate_clusters(
+    x: np.ndarray,
+    correct: np.ndarray,
+    candidates: tuple[np.ndarray, np.ndarray],
+    penalty: np.ndarray,
+    settings: ClusterSettings,
+    strict: bool = True,
+) -> list[tuple[RoutingStage, int, dict[int, float]]]:
+    """Cluster stages over (route, exit) candidates, one per row of `penalty` [S, J] (mu times each
+    candidate's normalised cost): reward = right at the candidate's exit - penalty. Each stage answers with
+    its clusters' (route, exit)."""
+    routes, exits = candidates
+    index = np.arange(routes.size, dtype=np.int64)
+    fitted = fit_cluster_stages(x, LinearRewards(correct[:, exits - 1], penalty), index, settings, strict=strict)
+    for stage, _, _ in fitted:  # every setting's stage is its own object (ClusterBank hands out copies)
+        chosen = stage.exits
+        stage.routes, stage.exits = routes[chosen], exits[chosen]
+    return fitted
+
+
 def _fit_per_tier_clusters(
     policies: list["DimeePolicy"], logits: np.ndarray, features: np.ndarray | None, correct: np.ndarray
 ) -> None:
@@ -104,15 +124,12 @@ def _fit_per_tier_clusters(
     costs = path_costs_many([p.cost_model_ for p in policies], first.plan_, list(first.paths_.paths))  # [S, P, L]
     mus = np.array([float(p.mu) for p in policies])
     penalty = mus[:, None] * costs[:, routes, exits - 1]
-    index = np.arange(routes.size, dtype=np.int64)
-    fitted = fit_cluster_stages(x1, LinearRewards(correct[:, exits - 1], penalty), index, first._cluster_settings())
+    fitted = _fit_candidate_clusters(x1, correct, (routes, exits), penalty, first._cluster_settings())
     outcomes: dict[tuple, tuple[Outcome, str]] = {}
     for policy, (stage, k, cv), path_costs in zip(policies, fitted, costs):
-        chosen = stage.exits
-        stage.routes, stage.exits = routes[chosen], exits[chosen]
         policy.stage1_, policy.n_clusters_, policy.cv_rewards_ = stage, k, cv
         policy.stage2_, policy.edge_n_clusters_, policy.edge_cv_rewards_ = None, 0, {}
-        key = (k, chosen.tobytes())  # the copies share their clustering for each k
+        key = (k, stage.routes.tobytes(), stage.exits.tobytes())  # the copies share their clustering for each k
         if key not in outcomes:
             outcomes[key] = (policy.predict_outcome(logits, features), policy.routing_digest())
         outcome, digest = outcomes[key]
@@ -532,26 +549,20 @@ class DimeePolicy(ExitPolicy):
         strict: bool = True,
     ) -> tuple[RoutingStage, int, dict[int, float]]:
         routes, exits = candidates
-        index = np.arange(routes.size, dtype=np.int64)
         if self.assignment == "clusters":
             penalty = self.mu * self._candidate_costs(routes, exits)[None, :]
-            stage, k, cv = fit_cluster_stages(
-                x, LinearRewards(correct[:, exits - 1], penalty), index, self._cluster_settings(), strict=strict
-            )[0]
+            return _fit_candidate_clusters(x, correct, candidates, penalty, self._cluster_settings(), strict)[0]
+        candidate_tiers = path_table(self.plan_).final[routes]  # pools: the paper's nearest tier centroid
+        if self.pool_rule == "oracle":
+            picked = cheapest_correct_candidates(correct[:, exits - 1], self._candidate_costs(routes, exits))
+            pools = candidate_tiers[picked]
         else:
-            rewards = self._rewards(correct, routes, exits)
-            table = path_table(self.plan_)
-            candidate_tiers = table.final[routes]
-            if self.pool_rule == "oracle":
-                picked = cheapest_correct_candidates(correct[:, exits - 1], self._candidate_costs(routes, exits))
-                pools = candidate_tiers[picked]
-            else:
-                pools = self.plan_.exit_tiers()[threshold_exits - 1]
-            stage = fit_pool_stage(x, pools, rewards, index, candidate_tiers)
-            k, cv = int(stage.exits.size), {}
+            pools = self.plan_.exit_tiers()[threshold_exits - 1]
+        index = np.arange(routes.size, dtype=np.int64)
+        stage = fit_pool_stage(x, pools, self._rewards(correct, routes, exits), index, candidate_tiers)
         chosen = stage.exits
         stage.routes, stage.exits = routes[chosen], exits[chosen]
-        return stage, k, cv
+        return stage, int(chosen.size), {}
 
     # ---- deciding ---------------------------------------------------------------------------------
     def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:

@@ -96,6 +96,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oof(args: argparse.Namespace) -> int:
+    from glue_eval.out_of_fold import OOF_SPLIT, train_out_of_fold
+
+    record = train_out_of_fold(args.run_dir, folds=args.folds, seed=args.fold_seed, device=args.device, data_dir=args.data_dir)
+    print_exit_table(args.run_dir, OOF_SPLIT)
+    print(f"cached split {OOF_SPLIT!r}: {record['n']} training rows, {args.folds} folds ({sum(record['fold_seconds']):.0f} s)")
+    return 0
+
+
 def print_exit_table(run_dir, split: str = "validation") -> None:
     from dimee.api import exit_table
 
@@ -181,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, help="cache the source's evaluation rows under this new split name (logits/NAME.npy)")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_eval)
+
+    oof = sub.add_parser(
+        "oof",
+        help="train K fold models with a run's recipe and cache their out-of-fold exit logits on its training rows "
+        "(split 'oof': more fit data for the policies)",
+        description="Each fold model trains on the run's training rows outside its fold (the recipe run.json stores) "
+        "and caches every exit's logits on its fold, which it never saw. Needs only run.json and the data: works "
+        "on a cache folder without the checkpoint. The report's '+oof' policies fit on calibration pooled with it.",
+    )
+    oof.add_argument("run_dir")
+    oof.add_argument("--folds", type=int, default=2)
+    oof.add_argument("--fold-seed", type=int, default=0, help="seed of the rows' assignment to folds")
+    oof.add_argument("--data-dir", default=None, help="local GLUE folder (default: the one the run was trained on)")
+    oof.add_argument("--device", default="auto")
+    oof.set_defaults(func=cmd_oof)
 
     predict = sub.add_parser("predict", help="classify texts in one process with every exit")
     predict.add_argument("run_dir")

@@ -44,7 +44,7 @@ from clustering import (
     evaluate_policy,
 )
 from tiers import CachedSplit, CostModel, TierPlan, read_cached_split, read_run_info
-from tiers.run import POLICY_FILE, read_temperatures
+from tiers.run import OOF_SPLIT, POLICY_FILE, cached_splits, read_temperatures
 
 from .metrics import compute_glue_metrics, predictions_from_logits, primary_metric
 from .tasks import run_task
@@ -54,7 +54,14 @@ VALIDATION = "validation"
 # DIMEE's knob: 60 values log-spaced over 0.001..1, as many as the threshold's 60, so no family's Pareto front is
 # coarser for lack of knob values (with 12 values DIMEE's fronts were visibly steppier; results/dimee_ablation.md)
 MU_GRID = tuple(float(v) for v in np.round(np.geomspace(0.001, 1.0, 60), 5))
-DIMEE_VARIANTS = ("dimee", "dimee-edge", "dimee-cascade", "dimee-embedding", "dimee-paper", "dimee-entry")
+# the variants that also come fitted on calibration pooled with the run's out-of-fold split (`dimee oof`), named
+# "<variant>+oof"; a run without that split has no such rows
+POOLED_VARIANTS = ("dimee-cascade", "dimee-embedding", "dimee-entry")
+POOL_SUFFIX = "+oof"
+DIMEE_VARIANTS = (
+    "dimee", "dimee-edge", "dimee-cascade", "dimee-embedding", "dimee-paper", "dimee-entry",
+    *(name + POOL_SUFFIX for name in POOLED_VARIANTS),
+)
 BASELINES = ("threshold", "entropy", "patience", "all-mobile", "all-edge")  # candidates for "best baseline"
 FIXED = ("all-mobile", "all-edge", "all-cloud")
 RANDOM = "random (DIMEE shares)"
@@ -70,6 +77,8 @@ class Tunable:
     build: Callable[[float], ExitPolicy]
     cheaper_first: bool  # True if knobs are ordered from cheapest to dearest
     needs_embedding: bool = False  # routes on the embedding-layer feature (skipped for a run without it)
+    knob_param: str | None = None  # the knob's parameter name: the family's knobs are fitted in one `fit_many`
+    pools: str | None = None  # a further cached split pooled into every fit set (skipped for a run without it)
 
 
 @dataclass(frozen=True)
@@ -87,19 +96,21 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
     """The knob-bearing policies compared in the report; `temperatures` (per exit) scale every confidence."""
     t = None if temperatures is None else [float(v) for v in temperatures]
     thresholds = tuple(np.round(np.linspace(0.5, 0.999, 60), 4))
-    return [
-        Tunable("dimee", sorted(MU_GRID, reverse=True), lambda mu: DimeePolicy(plan, cost, t, mu=mu), True),
+    families = [
+        Tunable("dimee", sorted(MU_GRID, reverse=True), lambda mu: DimeePolicy(plan, cost, t, mu=mu), True, knob_param="mu"),
         Tunable(
             "dimee-edge",
             sorted(MU_GRID, reverse=True),
             lambda mu: DimeePolicy(plan, cost, t, mu=mu, edge_stage=True),
             True,
+            knob_param="mu",
         ),
         Tunable(
             "dimee-cascade",
             sorted(MU_GRID, reverse=True),
             lambda mu: DimeePolicy(plan, cost, t, mu=mu, decision_exits="all"),
             True,
+            knob_param="mu",
         ),
         Tunable(
             "dimee-embedding",
@@ -107,6 +118,7 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
             lambda mu: DimeePolicy(plan, cost, t, mu=mu, feature="embedding"),
             True,
             needs_embedding=True,
+            knob_param="mu",
         ),
         Tunable(
             "dimee-paper",  # the paper's rule: embedding feature, pools labelled by tier, nearest centroid
@@ -114,6 +126,7 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
             lambda mu: DimeePolicy(plan, cost, t, mu=mu, feature="embedding", assignment="pools"),
             True,
             needs_embedding=True,
+            knob_param="mu",
         ),
         Tunable(
             "dimee-entry",  # entry tier from the embedding feature, then a cascade inside it
@@ -121,6 +134,7 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
             lambda mu: DimeePolicy(plan, cost, t, mu=mu, decision_exits="all", entry="embedding"),
             True,
             needs_embedding=True,
+            knob_param="mu",
         ),
         Tunable(
             "threshold",
@@ -136,6 +150,8 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
         ),
         Tunable("patience", tuple(range(1, plan.num_layers)), lambda k: PatiencePolicy(plan, cost, patience=int(k)), True),
     ]
+    pooled = [replace(f, name=f.name + POOL_SUFFIX, pools=OOF_SPLIT) for f in families if f.name in POOLED_VARIANTS]
+    return families + pooled
 
 
 def run_temperatures(run_dir: str | Path, num_layers: int, use_temperatures: bool = True) -> np.ndarray | None:
@@ -144,8 +160,28 @@ def run_temperatures(run_dir: str | Path, num_layers: int, use_temperatures: boo
 
 
 def _subset(split: CachedSplit, rows: np.ndarray) -> CachedSplit:
-    emb = None if split.embedding is None else split.embedding[rows]
-    return CachedSplit(split.logits[rows], split.labels[rows], split.token_counts[rows], emb)
+    return split.rows(rows)
+
+
+def pool_split(run_dir: str | Path, family: Tunable) -> CachedSplit | None:
+    """The split `family` pools into its fit sets, or None (no pooling, or the run has not cached it)."""
+    if family.pools is None or family.pools not in cached_splits(run_dir):
+        return None
+    return read_cached_split(run_dir, family.pools)
+
+
+def _with_pool(fit: CachedSplit, extra: CachedSplit | None) -> CachedSplit:
+    return fit if extra is None else CachedSplit.concat([fit, extra])
+
+
+def fit_family(family: Tunable, knobs: Sequence[float], fit: CachedSplit) -> list[ExitPolicy]:
+    """`family` fitted at each knob on `fit`: one `fit_many` where the family names its knob's parameter (the
+    same fitted state as a `fit` per knob; DIMEE shares its clusterings across the knobs), else a fit each."""
+    if family.knob_param is not None and len(knobs):
+        return family.build(knobs[0]).fit_many(
+            [{family.knob_param: knob} for knob in knobs], fit.logits, fit.labels, fit.embedding
+        )
+    return [family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding) for knob in knobs]
 
 
 def _score(policy: ExitPolicy, split: CachedSplit, task: str) -> dict:
@@ -165,24 +201,27 @@ def _meets(drop: float, max_drop: float) -> bool:
 
 
 def cross_fit_knob(
-    family: Tunable, fit: CachedSplit, task: str, max_drop: float, seed: int = 0
+    family: Tunable, fit: CachedSplit, task: str, max_drop: float, seed: int = 0, extra: CachedSplit | None = None
 ) -> KnobChoice:
     """Cheapest knob whose two-fold cross-fitted drop of the task metric is <= max_drop (a fraction).
 
-    If none qualifies: the knob with the smallest cross-fitted drop, with ``meets_target=False``.
+    If none qualifies: the knob with the smallest cross-fitted drop, with ``meets_target=False``. `extra`
+    (the family's pooled split) joins each half's fit set; it is never scored, so the figures stay the fit
+    split's.
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(fit.labels))
     halves = (order[: len(order) // 2], order[len(order) // 2 :])
-    parts = [(_subset(fit, a), _subset(fit, b)) for a, b in (halves, halves[::-1])]
+    parts = [(_with_pool(_subset(fit, a), extra), _subset(fit, b)) for a, b in (halves, halves[::-1])]
+    knobs = list(family.knobs)
+    fitted = [fit_family(family, knobs, part_a) for part_a, _ in parts]
     best: KnobChoice | None = None
     fallback: KnobChoice | None = None
     points: list[tuple[float, float, float]] = []
-    for knob in family.knobs:
+    for i, knob in enumerate(knobs):
         drops, costs = [], []
-        for part_a, part_b in parts:
-            policy = family.build(knob).fit(part_a.logits, part_a.labels, features=part_a.embedding)
-            scored = _score(policy, part_b, task)
+        for policies, (_, part_b) in zip(fitted, parts):
+            scored = _score(policies[i], part_b, task)
             drops.append(scored["final_metric"] - scored["metric"])
             costs.append(scored["normalised_cost"])
         drop, mean_cost = float(np.mean(drops)), float(np.mean(costs))
@@ -288,10 +327,13 @@ def report_tables(
     for family in _families(plan, cost, temperatures, families):
         if family.needs_embedding and (fit.embedding is None or evaluation.embedding is None):
             continue
-        choice = cross_fit_knob(family, fit, task, max_drop)
+        extra = pool_split(run_dir, family)
+        if family.pools is not None and (extra is None or (family.needs_embedding and extra.embedding is None)):
+            continue
+        choice = cross_fit_knob(family, fit, task, max_drop, extra=extra)
         cv_of = {k: KnobChoice(k, d, c, _meets(d, max_drop)) for k, d, c in choice.points}
-        for knob in family.knobs if curves else [choice.knob]:
-            policy = family.build(knob).fit(fit.logits, fit.labels, features=fit.embedding)
+        knobs = list(family.knobs) if curves else [choice.knob]
+        for knob, policy in zip(knobs, fit_family(family, knobs, _with_pool(fit, extra))):
             scored = _score(policy, evaluation, task)
             curve_rows.append(_row(family.name, knob, cv_of.get(knob), scored, task))
             if knob == choice.knob:  # the table's row: the same scored numbers as this curve point
@@ -345,8 +387,15 @@ def fit_run_policy(
     fit = read_cached_split(run_dir, fit_split)
     temperatures = run_temperatures(run_dir, info.plan.num_layers, use_temperatures)
     family = next(f for f in tunable_policies(info.plan, info.cost_model, temperatures) if f.name == variant)
-    choice = cross_fit_knob(family, fit, run_task(info), max_drop)
-    policy = family.build(choice.knob).fit(fit.logits, fit.labels, features=fit.embedding)
+    extra = pool_split(run_dir, family)
+    if family.pools is not None and extra is None:
+        raise ValueError(
+            f"variant {variant!r} pools the run's {family.pools!r} split, which {run_dir} has not cached: "
+            f"make it with `dimee oof {run_dir}`, or choose {variant.removesuffix(POOL_SUFFIX)!r}"
+        )
+    choice = cross_fit_knob(family, fit, run_task(info), max_drop, extra=extra)
+    pooled = _with_pool(fit, extra)
+    policy = family.build(choice.knob).fit(pooled.logits, pooled.labels, features=pooled.embedding)
     (Path(run_dir) / POLICY_FILE).write_text(json.dumps(policy.to_dict()))
     return policy, choice.knob
 

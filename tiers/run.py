@@ -30,6 +30,7 @@ LOGITS_DIR = "logits"
 POLICY_FILE = "policy.json"
 TEMPERATURES_FILE = "temperatures.json"
 METRICS_FILE = "metrics.json"
+OOF_SPLIT = "oof"  # out-of-fold logits of the training rows (`dimee oof`): extra fit data for the policies
 
 
 @dataclass
@@ -94,6 +95,28 @@ class CachedSplit:
     labels: np.ndarray  # [n]
     token_counts: np.ndarray  # [n] real tokens per sample (handoff payload size)
     embedding: np.ndarray | None = None  # [n, hidden] mean-pooled embedding-layer output
+
+    def rows(self, ids: np.ndarray) -> "CachedSplit":
+        """The selected samples (an index array or a boolean mask)."""
+        embedding = None if self.embedding is None else self.embedding[ids]
+        return CachedSplit(self.logits[ids], self.labels[ids], self.token_counts[ids], embedding)
+
+    @classmethod
+    def concat(cls, splits: "list[CachedSplit]") -> "CachedSplit":
+        """Samples of several splits of one run, in order (a pooled fit set); the embedding only where every
+        split has it."""
+        if not splits:
+            raise ValueError("concat needs at least one cached split")
+        shapes = {s.logits.shape[1:] for s in splits}
+        if len(shapes) > 1:
+            raise ValueError(f"cached splits of different exits or classes cannot be pooled: {sorted(shapes)}")
+        with_embedding = all(s.embedding is not None for s in splits)
+        return cls(
+            np.concatenate([s.logits for s in splits]),
+            np.concatenate([s.labels for s in splits]),
+            np.concatenate([s.token_counts for s in splits]),
+            np.concatenate([s.embedding for s in splits]) if with_embedding else None,
+        )
 
 
 def write_cached_split(folder: str | Path, split: str, cached: CachedSplit) -> None:
