@@ -387,6 +387,11 @@ def fit_run_policy(
     fit = read_cached_split(run_dir, fit_split)
     temperatures = run_temperatures(run_dir, info.plan.num_layers, use_temperatures)
     family = next(f for f in tunable_policies(info.plan, info.cost_model, temperatures) if f.name == variant)
+    if family.needs_embedding and fit.embedding is None:
+        raise ValueError(
+            f"variant {variant!r} routes on the embedding-layer feature, which {run_dir}'s {fit_split!r} split has "
+            f"not cached (an older run): re-cache it with `dimee eval {run_dir}`, or choose 'dimee-cascade'"
+        )
     extra = pool_split(run_dir, family)
     if family.pools is not None and extra is None:
         raise ValueError(

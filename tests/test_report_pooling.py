@@ -95,3 +95,11 @@ def test_concat_keeps_order_and_drops_a_missing_embedding():
     np.testing.assert_array_equal(CachedSplit.concat([a, a]).embedding[3:], a.embedding)
     with pytest.raises(ValueError, match="different exits"):
         CachedSplit.concat([a, CachedSplit(np.zeros((2, 4, 2)), np.zeros(2), np.ones(2))])
+
+
+def test_an_embedding_variant_on_a_run_without_the_feature_names_the_fix(tmp_path):
+    write_run_info(tmp_path, RunInfo(task="sst2", text_fields=["sentence"], label_names=["negative", "positive"],
+                                     num_labels=2, max_length=64, plan=PLAN, cost_model=CostModel()))
+    write_cached_split(tmp_path, "calibration", _split(60, 0, with_embedding=False))
+    with pytest.raises(ValueError, match="dimee eval"):
+        fit_run_policy(tmp_path, variant="dimee-entry")
