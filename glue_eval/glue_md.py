@@ -99,6 +99,8 @@ def write_glue_report(
         "its loss vs the final exit there, cost normalised by the all-cloud reference (token ids sent straight "
         "to the cloud, all L layers there = 1.0). Cost model: the run's (README defaults).",
         "",
+        POLICY_LEGEND,
+        "",
         *_tables(first, "##", eval_split),
     ]
     for encoder in others:
@@ -106,6 +108,17 @@ def write_glue_report(
     path = out_dir / "glue.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+POLICY_LEGEND = (
+    "Policies: `dimee` (per-tier clusters of the mobile exit profile), `dimee-edge` (a second decision at edge), "
+    "`dimee-cascade` (a cluster decision after every exit), `dimee-embedding` (clusters of the embedding-layer "
+    "feature, deciding before any layer), `dimee-paper` (the paper's rule: embedding feature, pools labelled by "
+    "exit tier, nearest centroid), `dimee-entry` (entry tier from the embedding feature, then a cascade inside "
+    "it); `+oof`: the same fitted on calibration pooled with the run's out-of-fold training logits (`dimee oof`; "
+    "runs without them have no such rows). Baselines: `threshold` (confidence), `entropy`, `patience` (PABEE), "
+    "`all-mobile` / `all-edge` / `all-cloud`, `random (DIMEE shares)`, and the `oracle` (a lower bound on cost)."
+)
 
 
 def _write_encoder(key, suffix: str, picked, out_dir: Path, use_temperatures: bool) -> _Encoder:
