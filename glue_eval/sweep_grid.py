@@ -119,6 +119,9 @@ def _factory_spec(name: str, factory: Callable[..., ExitPolicy]) -> PolicySpec:
     return PolicySpec(name, factory, accepted, "generic")
 
 
+POOLED_SUFFIX = "+oof"  # the report's variants pooled with the out-of-fold split (glue_eval.report.POOL_SUFFIX)
+
+
 def _resolve_policies(policies: str | Sequence[str | tuple[str, Callable[..., ExitPolicy]]]) -> list[PolicySpec]:
     items = [p.strip() for p in policies.split(",") if p.strip()] if isinstance(policies, str) else list(policies)
     if not items:
@@ -126,6 +129,12 @@ def _resolve_policies(policies: str | Sequence[str | tuple[str, Callable[..., Ex
     specs: list[PolicySpec] = []
     for item in items:
         if isinstance(item, str):
+            if item not in POLICIES and item.endswith(POOLED_SUFFIX):
+                raise ValueError(
+                    f"policy {item!r} is fitted on calibration pooled with the run's out-of-fold split; the sweep fits "
+                    f"every policy on one fit split: sweep {item.removesuffix(POOLED_SUFFIX)!r}, or compare the pooled "
+                    "variant with `dimee report`"
+                )
             if item not in POLICIES:
                 known = ", ".join(POLICIES)
                 raise ValueError(f"unknown policy {item!r}; known policies: {known} (or pass (name, factory))")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dimee import sweep_cli
 from glue_eval import report
-from glue_eval.sweep import POLICIES
+import pytest
+
+from glue_eval.sweep import POLICIES, sweep
 from tiers import CostModel, TierPlan
 
 
@@ -14,12 +16,21 @@ def report_names() -> list[str]:
 
 
 def test_every_report_name_maps_to_a_sweep_policy():
-    names = report_names()
+    """All but the pooled "+oof" variants: the sweep fits every policy on one split (next test)."""
+    names = [n for n in report_names() if not n.endswith(report.POOL_SUFFIX)]
     assert "dimee-cascade" in names  # the variant `dimee demo` deploys
     mapped = sweep_cli.policy_names(",".join(names))
     assert len(mapped) == len(names)
     missing = [name for name, key in zip(names, mapped) if key not in POLICIES]
     assert not missing, f"report policies the sweep cannot run: {missing}"
+
+
+def test_a_pooled_variant_is_refused_naming_what_to_sweep_instead():
+    pooled = [n for n in report_names() if n.endswith(report.POOL_SUFFIX)]
+    assert pooled
+    for name in pooled:
+        with pytest.raises(ValueError, match=f"sweep '{name.removesuffix(report.POOL_SUFFIX)}'"):
+            sweep(".", policies=name)
 
 
 def test_sweep_cli_accepts_the_deployed_variant_and_report_names(tmp_path, capsys):
