@@ -130,3 +130,42 @@ def scoreboard(
             "dimee_at_or_above": None if d is None or b is None else bool(d["val_area"] >= b["val_area"]),
         })
     return pd.DataFrame(rows), pd.DataFrame(summary)
+
+
+def cross_task_choice(
+    per_policy: pd.DataFrame, per_task: pd.DataFrame | None = None
+) -> tuple[dict[str, str | None], pd.DataFrame]:
+    """One DIMEE variant and one baseline for all of an encoder's tasks, chosen on calibration only: the
+    policy of each kind with the best mean rank of ``cal_area`` over the tasks (rank 1 = highest area in
+    the task; ranks, not areas, so that STS-B's ten-times-larger areas do not decide), among the policies
+    scored on every task. Per-task choices on 250-1,000 calibration samples are noisy (the variant with the
+    best calibration area often is not the best on validation); one choice per encoder pools the evidence of
+    every task. Returns ({"dimee": name, "baseline": name}, per task the two validation areas and
+    ``dimee_at_or_above``). With `per_task` (:func:`scoreboard`'s summary) DIMEE must also be at or above
+    the baseline chosen per task (the stricter of the two comparisons)."""
+    chosen: dict[str, str | None] = {}
+    n_tasks = per_policy["task"].nunique()
+    for kind in ("dimee", "baseline"):
+        part = per_policy[(per_policy["kind"] == kind) & np.isfinite(per_policy["cal_area"].astype(float))]
+        everywhere = part.groupby("policy")["task"].nunique()
+        part = part[part["policy"].isin(everywhere[everywhere == n_tasks].index)].copy()
+        if not len(part):
+            chosen[kind] = None
+            continue
+        part["rank"] = part.groupby("task")["cal_area"].rank(ascending=False, method="average")
+        mean_rank = part.groupby("policy", sort=False)["rank"].mean()
+        chosen[kind] = str(mean_rank.idxmin())  # ties: the policy listed first
+    rows = []
+    area = per_policy.set_index(["task", "policy"])["val_area"]
+    per_task_best = {} if per_task is None else dict(zip(per_task["task"], per_task["baseline val_area"]))
+    for task in per_policy["task"].unique():
+        d = None if chosen["dimee"] is None else float(area[(task, chosen["dimee"])])
+        b = None if chosen["baseline"] is None else float(area[(task, chosen["baseline"])])
+        row = {"task": task, "DIMEE": chosen["dimee"], "DIMEE val_area": d, "baseline": chosen["baseline"],
+               "baseline val_area": b}
+        bars = [v for v in (b, per_task_best.get(task)) if v is not None and np.isfinite(v)]
+        if per_task is not None:
+            row["per-task baseline val_area"] = per_task_best.get(task)
+        row["dimee_at_or_above"] = None if d is None or not bars else bool(d >= max(bars))
+        rows.append(row)
+    return chosen, pd.DataFrame(rows)

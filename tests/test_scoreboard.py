@@ -61,3 +61,25 @@ def test_the_choice_is_made_on_calibration_and_scored_on_validation():
 def test_missing_trivial_rows_is_an_error():
     with pytest.raises(ValueError, match="all-mobile and all-cloud"):
         scoreboard(pd.DataFrame(_rows("t", "threshold", [(0.4, 3, 0.4, 3)])), [], ["threshold"])
+
+
+def test_cross_task_choice_ranks_on_calibration_only():
+    from glue_eval.scoreboard import cross_task_choice
+
+    rows = []
+    # per task (cal_area, val_area); "a" ranks first on calibration in two of three tasks, "b" has the best mean
+    # calibration area (task z's large scale) and the best validation areas: ranks, not areas, and never validation
+    table = {"a": {"x": (-1, -9), "y": (-2, -9), "z": (-40, -9)}, "b": {"x": (-3, 5), "y": (-4, 5), "z": (-1, 5)},
+             "c": {"x": (-2, 0), "y": (-1, 0)}}  # c misses task z: not eligible
+    for name, tasks in table.items():
+        for task, (cal, val) in tasks.items():
+            rows.append({"task": task, "policy": name, "kind": "dimee", "cal_area": cal, "val_area": val})
+    for task, (cal, val) in {"x": (-2, -8), "y": (-2, -10), "z": (-5, -9.5)}.items():
+        rows.append({"task": task, "policy": "threshold", "kind": "baseline", "cal_area": cal, "val_area": val})
+    per_policy = pd.DataFrame(rows)
+    chosen, cross = cross_task_choice(per_policy)
+    assert chosen == {"dimee": "a", "baseline": "threshold"}
+    assert cross["dimee_at_or_above"].tolist() == [False, True, True]  # -9 vs -8, -10, -9.5
+    per_task = pd.DataFrame({"task": ["x", "y", "z"], "baseline val_area": [-8.0, -8.5, -9.5]})
+    _, strict = cross_task_choice(per_policy, per_task)
+    assert strict["dimee_at_or_above"].tolist() == [False, False, True]  # y: at or above both baselines needed
