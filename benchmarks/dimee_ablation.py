@@ -38,7 +38,8 @@ POOL = "+oof"  # a variant name ending so pools the out-of-fold split into its f
 CONFIDENCE = ("confidence",)
 WITH_AGREEMENT = ("confidence", "entropy", "margin", "agreement")
 # (name, base variant, DimeePolicy keywords): each row changes one thing of its base (the defaults: profile
-# features confidence, entropy and margin; k 2..12, tolerance 0.002, 3 folds, every route, no shrinkage)
+# features confidence, entropy and margin; k 2..12, tolerance 0.002, 3 folds, every route, no shrinkage, no
+# minimum cluster size)
 VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("dimee", "", {}),
     ("dimee confidence only", "dimee", {"profile_features": CONFIDENCE}),
@@ -48,6 +49,7 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("dimee chain routes", "dimee", {"routes": "chain"}),
     ("dimee +agreement", "dimee", {"profile_features": WITH_AGREEMENT}),
     ("dimee shrinkage=10", "dimee", {"shrinkage": 10.0}),
+    ("dimee min cluster 20", "dimee", {"min_cluster_size": 20}),
     ("cascade", "", {"decision_exits": "all"}),
     ("cascade confidence only", "cascade", {"decision_exits": "all", "profile_features": CONFIDENCE}),
     ("cascade k<=4", "cascade", {"decision_exits": "all", "k_grid": (1, 2, 3, 4)}),
@@ -57,10 +59,12 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("cascade reached", "cascade", {"decision_exits": "all", "cascade_population": "reached"}),
     ("cascade +agreement", "cascade", {"decision_exits": "all", "profile_features": WITH_AGREEMENT}),
     ("cascade shrinkage=10", "cascade", {"decision_exits": "all", "shrinkage": 10.0}),
+    ("cascade min cluster 20", "cascade", {"decision_exits": "all", "min_cluster_size": 20}),
     ("entry+cascade", "cascade", {"decision_exits": "all", "entry": "embedding"}),
     ("entry+cascade 5 folds", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "n_folds": 5}),
     ("entry+cascade +agreement", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "profile_features": WITH_AGREEMENT}),
     ("entry+cascade shrinkage=10", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "shrinkage": 10.0}),
+    ("entry+cascade min cluster 20", "entry+cascade", {"decision_exits": "all", "entry": "embedding", "min_cluster_size": 20}),
     ("entry+cascade +oof", "entry+cascade", {"decision_exits": "all", "entry": "embedding"}),
     ("cascade +oof", "cascade", {"decision_exits": "all"}),
     ("embedding", "", {"feature": "embedding"}),

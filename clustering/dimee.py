@@ -15,7 +15,8 @@ Fitting (on a held-out split):
    reward in ``n_folds``-fold cross-validation on the fit data is within ``k_tolerance`` of the best; then k-means
    on all fit data, and each cluster gets the candidate exit with the highest mean reward on its samples
    (``shrinkage`` s > 0: the mean is pulled towards all samples' mean, ``(sum + s * overall) / (n + s)``, so
-   a small cluster answers differently from the population only on a clear margin).
+   a small cluster answers differently from the population only on a clear margin; ``min_cluster_size`` n:
+   a cluster of fewer than n fit samples answers as the whole population does).
    ``assignment="pools"`` (the paper's rule): each fit sample is labelled with a tier, by the cheapest exit
    that is right (``pool_rule="oracle"``) or where a confidence-threshold rule exits it
    (``pool_rule="threshold"``, threshold chosen with ``max_drop``); a pool's centre is the mean of its
@@ -131,6 +132,7 @@ class DimeePolicy(ExitPolicy):
         routes: str = "all",
         entry: str | None = None,
         shrinkage: float = 0.0,
+        min_cluster_size: int = 0,
     ):
         self.plan = plan
         self.cost_model = cost_model
@@ -154,6 +156,7 @@ class DimeePolicy(ExitPolicy):
         self.routes = routes
         self.entry = entry
         self.shrinkage = shrinkage
+        self.min_cluster_size = min_cluster_size
 
     # ---- candidates and features ------------------------------------------------------------------
     def _cluster_settings(self) -> ClusterSettings:
@@ -164,6 +167,7 @@ class DimeePolicy(ExitPolicy):
             int(self.random_state),
             float(self.k_tolerance),
             float(self.shrinkage),
+            int(self.min_cluster_size),
         )
 
     def _validate_params(self) -> None:
@@ -187,6 +191,9 @@ class DimeePolicy(ExitPolicy):
             raise PolicyError(f"k_tolerance must be finite and >= 0, got {self.k_tolerance}")
         if not np.isfinite(self.shrinkage) or self.shrinkage < 0:
             raise PolicyError(f"shrinkage must be finite and >= 0, got {self.shrinkage}")
+        size = self.min_cluster_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+            raise PolicyError(f"min_cluster_size must be an integer >= 0, got {size!r}")
         if int(self.n_init) < 1:
             raise PolicyError(f"n_init must be >= 1, got {self.n_init}")
         if self.entry is not None and self.decision_exits is None:

@@ -44,6 +44,7 @@ class ClusterSettings:
     random_state: int = 0
     k_tolerance: float = 0.0
     shrinkage: float = 0.0
+    min_cluster_size: int = 0  # a cluster with fewer fit samples answers as the whole population does
 
 
 @dataclass
@@ -133,26 +134,30 @@ class LinearRewards:
         return LinearRewards(self.gain[index], self.penalty)
 
 
-def _group_means(groups: np.ndarray, n_groups: int, gain: np.ndarray, shrinkage: float) -> np.ndarray:
+def _group_means(groups: np.ndarray, n_groups: int, gain: np.ndarray, shrinkage: float, min_size: int = 0) -> np.ndarray:
     """Per group, the (shrunk) mean gain of its rows [g, J]; empty groups get the mean over all rows.
 
     `shrinkage` is a pseudo-count: a group's mean is pulled towards the mean over all rows,
     ``(sum + s * overall) / (count + s)``, so a small cluster needs a clear margin before it answers
     differently from the whole population (s = 0: plain means). The penalty is the same for every row of a
-    setting, so subtracting it from these means gives the mean reward."""
+    setting, so subtracting it from these means gives the mean reward. A group of fewer than `min_size` rows
+    gets the mean over all rows, as an empty one does (a hard floor, where shrinkage is a soft pull)."""
     onehot = np.zeros((n_groups, gain.shape[0]))
     onehot[groups, np.arange(gain.shape[0])] = 1.0
     counts = onehot.sum(axis=1)
     sums = onehot @ gain
     overall = gain.mean(axis=0)
     pulled = (sums + shrinkage * overall[None, :]) / np.maximum(counts + shrinkage, 1e-300)[:, None]
-    return np.where(counts[:, None] > 0, pulled, overall[None, :])
+    return np.where((counts[:, None] > 0) & (counts[:, None] >= min_size), pulled, overall[None, :])
 
 
-def _best_candidate_per_group(groups: np.ndarray, n_groups: int, rewards: LinearRewards, shrinkage: float = 0.0) -> np.ndarray:
+def _best_candidate_per_group(
+    groups: np.ndarray, n_groups: int, rewards: LinearRewards, shrinkage: float = 0.0, min_size: int = 0
+) -> np.ndarray:
     """Per setting and group: index of the candidate with the highest (shrunk) mean reward, [S, g]; ties
-    (to 12 decimals) -> the first (cheapest) column; empty groups -> the best column overall."""
-    means = _group_means(groups, n_groups, rewards.gain, shrinkage)[None, :, :] - rewards.penalty[:, None, :]
+    (to 12 decimals) -> the first (cheapest) column; empty groups (and those under `min_size`) -> the best
+    column overall."""
+    means = _group_means(groups, n_groups, rewards.gain, shrinkage, min_size)[None, :, :] - rewards.penalty[:, None, :]
     return np.argmax(np.round(means, 12), axis=2)
 
 
@@ -310,6 +315,7 @@ def fit_cluster_stages(
     depends on mu: the edge stage, the cascade's "reached") it also falls back to one cluster. The
     clusterings come from :func:`cluster_bank`; one setting or many run the same arithmetic, row by row."""
     k_grid, n_folds, shrink = settings.k_grid, settings.n_folds, float(settings.shrinkage)
+    floor = int(settings.min_cluster_size)
     bank = cluster_bank(x, n_folds, settings.n_init, settings.random_state)
     feasible = bank.feasible_k(k_grid)
     if strict and bank.splits and not feasible:
@@ -325,7 +331,7 @@ def fit_cluster_stages(
         held_out = np.zeros(S)
         for (train, test), (clustering, assigned) in zip(bank.splits, bank.folds(k)):
             groups = clustering.centers.shape[0]
-            choice = _best_candidate_per_group(clustering.labels, groups, rewards.rows(train), shrink)
+            choice = _best_candidate_per_group(clustering.labels, groups, rewards.rows(train), shrink, floor)
             held_out = held_out + _held_out_rewards(assigned, groups, rewards.rows(test), choice)
         cv[:, column] = held_out / len(bank.splits)
     best_k = np.ones(S, dtype=np.int64)
@@ -337,7 +343,7 @@ def fit_cluster_stages(
         members = np.flatnonzero(best_k == k)
         clustering = bank.full(int(k))
         sub = LinearRewards(rewards.gain, rewards.penalty[members])
-        choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], sub, shrink)
+        choice = _best_candidate_per_group(clustering.labels, clustering.centers.shape[0], sub, shrink, floor)
         for row, s in enumerate(members):
             scores = {int(kk): float(cv[s, c]) for c, kk in enumerate(feasible)}
             out[s] = (clustering.stage(candidates[choice[row]]), int(k), scores)

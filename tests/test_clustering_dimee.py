@@ -151,6 +151,8 @@ def test_tier_ends_candidates_and_unit_temperatures(fit_test):
         {"k_grid": (0, 2)},
         {"mu": -1.0},
         {"n_folds": 1},
+        {"min_cluster_size": -1},
+        {"min_cluster_size": 2.5},
     ],
 )
 def test_bad_params(fit_test, params):
@@ -339,3 +341,14 @@ def test_fit_many_names_an_unknown_parameter_and_the_kept_digest_follows_param_c
     before = policy.routing_digest()
     policy.set_params(profile_features=("confidence",))
     assert policy.routing_digest() != before
+
+
+def test_min_cluster_size_sends_small_clusters_with_the_population(fit_test):
+    fit, test = fit_test
+    free = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID).fit(fit.logits, fit.labels)
+    assert len(set(free.stage1_.exits.tolist())) > 1  # without a floor the clusters answer differently
+    floor = len(fit.labels) + 1  # above any cluster of any k: every cluster answers as the whole population
+    held = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, min_cluster_size=floor).fit(fit.logits, fit.labels)
+    assert len(set(zip(held.stage1_.routes.tolist(), held.stage1_.exits.tolist()))) == 1
+    zero = DimeePolicy(plan=PLAN, k_grid=SMALL_GRID, min_cluster_size=0).fit(fit.logits, fit.labels)
+    np.testing.assert_array_equal(zero.predict(test.logits), free.predict(test.logits))  # 0: no floor
