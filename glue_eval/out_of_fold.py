@@ -17,15 +17,14 @@ here needs the run's checkpoint: run.json is enough, so it works on a committed 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer
 
-from tiers import CachedSplit, EarlyExitModel, read_cached_split, read_run_info, resolve_encoder, write_cached_split, write_run_info
-from tiers.run import METRICS_FILE, OOF_SPLIT
+from tiers import CachedSplit, EarlyExitModel, read_cached_split, read_run_info, resolve_encoder, write_cached_split
+from tiers.run import OOF_SPLIT
 
 from .tasks import run_task
 from .train_config import TrainingError
@@ -33,17 +32,16 @@ from .training import (
     CALIBRATION_SPLIT,
     Encoded,
     RunDataMismatch,
-    _stored_metrics,
     collect_logits,
     encode_split,
     per_exit_metrics,
     pick_device,
     prepare_run_data,
+    record_split,
     set_seed,
     split_record,
     stored_config,
     train_early_exit,
-    write_metrics,
 )
 
 __all__ = ["OOF_SPLIT", "fold_of_rows", "train_out_of_fold"]
@@ -125,12 +123,6 @@ def train_out_of_fold(
         "fold_seconds": seconds,
     }
     write_cached_split(run_dir, OOF_SPLIT, cached)
-    metrics = {OOF_SPLIT: {"n": len(train), "per_exit": per_exit_metrics(task, cached)}}
-    previous = _stored_metrics(run_dir)
-    metrics_path = run_dir / METRICS_FILE
-    training = json.loads(metrics_path.read_text()).get("training") if metrics_path.exists() else None
-    write_metrics(run_dir, task, {**previous, **metrics}, training)
-    stored = dict(info.data or {})
-    info.data = {**stored, "splits": {**stored.get("splits", {}), OOF_SPLIT: record}}
-    write_run_info(run_dir, info)
-    return {**record, **metrics[OOF_SPLIT]}
+    metrics = {"n": len(train), "per_exit": per_exit_metrics(task, cached)}
+    record_split(run_dir, info, task, OOF_SPLIT, record, metrics)
+    return {**record, **metrics}

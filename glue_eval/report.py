@@ -159,10 +159,6 @@ def run_temperatures(run_dir: str | Path, num_layers: int, use_temperatures: boo
     return read_temperatures(run_dir, num_layers) if use_temperatures else None
 
 
-def _subset(split: CachedSplit, rows: np.ndarray) -> CachedSplit:
-    return split.rows(rows)
-
-
 def pool_split(run_dir: str | Path, family: Tunable) -> CachedSplit | None:
     """The split `family` pools into its fit sets, or None (no pooling, or the run has not cached it)."""
     if family.pools is None or family.pools not in cached_splits(run_dir):
@@ -212,7 +208,7 @@ def cross_fit_knob(
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(fit.labels))
     halves = (order[: len(order) // 2], order[len(order) // 2 :])
-    parts = [(_with_pool(_subset(fit, a), extra), _subset(fit, b)) for a, b in (halves, halves[::-1])]
+    parts = [(_with_pool(fit.rows(a), extra), fit.rows(b)) for a, b in (halves, halves[::-1])]
     knobs = list(family.knobs)
     fitted = [fit_family(family, knobs, part_a) for part_a, _ in parts]
     best: KnobChoice | None = None
@@ -399,8 +395,7 @@ def fit_run_policy(
             f"make it with `dimee oof {run_dir}`, or choose {variant.removesuffix(POOL_SUFFIX)!r}"
         )
     choice = cross_fit_knob(family, fit, run_task(info), max_drop, extra=extra)
-    pooled = _with_pool(fit, extra)
-    policy = family.build(choice.knob).fit(pooled.logits, pooled.labels, features=pooled.embedding)
+    policy = fit_family(family, [choice.knob], _with_pool(fit, extra))[0]
     (Path(run_dir) / POLICY_FILE).write_text(json.dumps(policy.to_dict()))
     return policy, choice.knob
 

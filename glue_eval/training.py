@@ -559,9 +559,16 @@ def _evaluate_new_split(run_dir: Path, info: RunInfo, task: GlueTask, config: Tr
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "encoder")
     model = EarlyExitModel.from_pretrained(run_dir)
     metrics = cache_run_splits(model, tokenizer, task, {split: rows}, config, pick_device(config.device), out=run_dir, names=(split,))
-    previous = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).exists() else {}
-    write_metrics(run_dir, task, {**previous.get("splits", {}), **metrics}, previous.get("training"))
-    known[split] = record
-    info.data = {**data, "splits": known}
-    write_run_info(run_dir, info)
+    record_split(run_dir, info, task, split, record, metrics[split])
     return metrics
+
+
+def record_split(run_dir: Path, info: RunInfo, task: GlueTask, split: str, record: dict, metrics: dict) -> None:
+    """Add a newly cached split to the run's records: its per-exit metrics to metrics.json (the run's training
+    record kept) and its record (size, fingerprint, source) to run.json's data splits."""
+    path = run_dir / METRICS_FILE
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    write_metrics(run_dir, task, {**previous.get("splits", {}), split: metrics}, previous.get("training"))
+    data = dict(info.data or {})
+    info.data = {**data, "splits": {**data.get("splits", {}), split: record}}
+    write_run_info(run_dir, info)
