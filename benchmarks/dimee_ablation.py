@@ -4,7 +4,8 @@ Every variant is a DIMEE policy family over the report's mu grid; like the repor
 calibration split come from two-fold cross-fitting, and each knob is also fitted on the whole calibration split
 and scored once on validation. The whole-curve scores (``glue_eval.scoreboard``: Pareto area over
 [all-mobile's cost, 1], in metric points vs all-cloud; higher is better) are given on both splits, next to the
-confidence threshold's. A choice "wins" where it raises the calibration area over its base variant; the
+confidence threshold's. The `entry+threshold` rows are DIMEE's entry stage over the threshold's own exit rule
+(knob: the threshold, as the threshold's); their base is the threshold. A choice "wins" where it raises the calibration area over its base variant; the
 validation column shows whether that carries over to held-out data. A "+oof" row pools the calibration split
 with the run's out-of-fold training logits (`dimee oof`) in every fit set (scored on calibration halves only);
 runs without them have no such rows.
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cache_report import command_line, write_results  # noqa: E402
-from clustering import DimeePolicy  # noqa: E402
+from clustering import ENTRY_THRESHOLD_MU, DimeePolicy  # noqa: E402
 from glue_eval.report import MU_GRID, Tunable, markdown_table, report_tables, run_temperatures, tunable_policies  # noqa: E402
 from glue_eval.scoreboard import scoreboard  # noqa: E402
 from tiers import read_run_info  # noqa: E402
@@ -37,6 +38,8 @@ RUNS = ("cola", "mnli", "mrpc", "qnli", "rte", "sst2-4k", "stsb", "wnli")
 POOL = "+oof"  # a variant name ending so pools the out-of-fold split into its fit sets
 CONFIDENCE = ("confidence",)
 WITH_AGREEMENT = ("confidence", "entropy", "margin", "agreement")
+# DIMEE's entry stage over threshold stages; exit_threshold is the knob (the threshold baseline's values)
+ENTRY_THRESHOLD = {"decision_exits": "all", "entry": "embedding", "mu": ENTRY_THRESHOLD_MU, "exit_threshold": None}
 # (name, base variant, DimeePolicy keywords): each row changes one thing of its base (the defaults: profile
 # features confidence, entropy and margin; k 2..12, tolerance 0.002, 3 folds, every route, no shrinkage, no
 # minimum cluster size)
@@ -71,6 +74,10 @@ VARIANTS: tuple[tuple[str, str, dict], ...] = (
     ("embedding shrinkage=10", "embedding", {"feature": "embedding", "shrinkage": 10.0}),
     ("embedding +oof", "embedding", {"feature": "embedding"}),
     ("paper (embedding pools)", "", {"feature": "embedding", "assignment": "pools"}),
+    ("entry+threshold", "threshold", ENTRY_THRESHOLD),
+    ("entry+threshold +oof", "entry+threshold", ENTRY_THRESHOLD),
+    ("entry+threshold shrinkage=10", "entry+threshold", {**ENTRY_THRESHOLD, "shrinkage": 10.0}),
+    ("entry+threshold min cluster 20", "entry+threshold", {**ENTRY_THRESHOLD, "min_cluster_size": 20}),
 )
 
 
@@ -80,13 +87,18 @@ def families(run: Path) -> list[Tunable]:
     temps = run_temperatures(run, plan.num_layers)
     t = None if temps is None else [float(v) for v in temps]
 
-    def build(kwargs: dict):
-        return lambda mu: DimeePolicy(plan, cost, t, mu=mu, **kwargs)
+    baselines = [f for f in tunable_policies(plan, cost, t) if f.name == "threshold"]
 
-    out = [Tunable(name, sorted(MU_GRID, reverse=True), build(kw), True, needs_embedding="entry" in kw or "feature" in kw,
-                   knob_param="mu", pools=OOF_SPLIT if name.endswith(POOL) else None)
-           for name, _, kw in VARIANTS]
-    return out + [f for f in tunable_policies(plan, cost, t) if f.name == "threshold"]
+    def family(name: str, kwargs: dict) -> Tunable:
+        """A mu family, or over threshold stages (``ENTRY_THRESHOLD``) one whose knob is the threshold's."""
+        by_threshold = "exit_threshold" in kwargs
+        knob = "exit_threshold" if by_threshold else "mu"
+        knobs = baselines[0].knobs if by_threshold else sorted(MU_GRID, reverse=True)
+        build = lambda value: DimeePolicy(plan, cost, t, **{**kwargs, knob: value})  # noqa: E731
+        return Tunable(name, knobs, build, True, needs_embedding="entry" in kwargs or "feature" in kwargs,
+                       knob_param=knob, pools=OOF_SPLIT if name.endswith(POOL) else None)  # fmt: skip
+
+    return [family(name, kw) for name, _, kw in VARIANTS] + baselines
 
 
 def main(argv: list[str] | None = None) -> int:

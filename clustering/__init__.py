@@ -35,7 +35,7 @@ from .calibration import (
     negative_log_likelihood,
     reliability_curve,
 )
-from .dimee import DimeePolicy
+from .dimee import ENTRY_THRESHOLD_MU, DimeePolicy
 from .stages import RoutingStage, clear_cluster_cache
 from .exit_data import ExitData
 from .errors import CalibrationError, PolicyError, PolicyNotFittedError
@@ -81,6 +81,7 @@ __all__ = [
     "AllMobilePolicy",
     "CalibrationError",
     "DimeePolicy",
+    "ENTRY_THRESHOLD_MU",
     "ExitData",
     "ExitPolicy",
     "FixedExitPolicy",

@@ -22,7 +22,7 @@ from .errors import PolicyError
 from .evaluation import check_exits, tier_shares
 from .exit_data import unpack_exit_data
 from .routing import Outcome, chain_actions, follow_targets, path_table
-from .profiles import REGRESSION_TOLERANCE, check_labels, exit_scores, is_regression, per_exit_correct, predictions
+from .profiles import REGRESSION_TOLERANCE, check_labels, exit_profile, exit_scores, is_regression, per_exit_correct, predictions
 
 SELECTIONS: tuple[str, ...] = ("max_drop", "reward")
 _HIGHER_IS_CONFIDENT = {"confidence": True, "margin": True, "entropy": False}
@@ -249,8 +249,10 @@ class ThresholdPolicy(ExitPolicy):
     def _step(self, logits_seen: np.ndarray, tier: int, depth: int, features: np.ndarray | None) -> np.ndarray:
         if depth == 0:
             return np.full(logits_seen.shape[0], CONTINUE, dtype=np.int64)
-        temps = None if self.temperatures_ is None else self.temperatures_[depth - 1 : depth]
-        scores = exit_scores(logits_seen[:, depth - 1 : depth], self.criterion, temps)[:, 0]
+        # exit `depth`'s score read from the exits seen so far: a regression exit's confidence is its agreement
+        # with the exit before it, so scoring exit `depth` alone would give it none
+        temps = None if self.temperatures_ is None else self.temperatures_[:depth]
+        scores = exit_profile(logits_seen[:, :depth], slice(depth - 1, depth), (self.criterion,), temps)[:, 0]
         return chain_actions(self._passes(scores, self.threshold_), self.plan_, tier, depth)
 
     def _state_to_dict(self) -> dict[str, Any]:

@@ -52,6 +52,15 @@ a stage really serves, but its deeper stages fit fewer samples. On the cached GL
 reward ``accuracy - mu * normalised cost`` summed over the sweep (by 2.5 points on SST-2, 2.2 on MRPC; where
 "reached" was ahead, by at most 0.3 and 0.6 points), and it fits in half the time, hence the default.
 
+Threshold stages (``exit_threshold`` t, cascade mode only): every decision exit's stage answers where that
+exit's confidence (after ``temperatures``) is >= t and continues elsewhere, the confidence-threshold rule's
+decision, as a two-centre stage on that one score (``clustering.stages.threshold_stage``), so nothing of the
+cascade is fitted and t is the knob. Its use is under an entry stage: DIMEE's own idea, judging a sample
+before any layer runs and sending a hard one straight to the tier that will answer it, on top of the exit rule
+that the cluster stages could not beat on small calibration splits. The entry stage's rewards differ between
+tiers in cost only (the sample answers at the same exit whatever tier it enters), so mu just scales them; the
+report and the sweep fit it with ``ENTRY_THRESHOLD_MU`` = 1. Without an entry stage the policy answers as ``ThresholdPolicy(threshold=t)``.
+
 Cascade mode routes on exit profiles only: it does not combine with ``feature="embedding"``,
 ``assignment="pools"`` or ``edge_stage`` (its own stages at exits > m play the edge stage's part), and
 ``candidate_exits`` does not apply (a stage answers at its own exit).
@@ -78,6 +87,7 @@ from .stages import (
     cheapest_correct_candidates,
     fit_cluster_stage,
     fit_pool_stage,
+    threshold_stage,
 )
 
 ASSIGNMENTS: tuple[str, ...] = ("clusters", "pools")
@@ -89,6 +99,9 @@ CASCADE_POPULATIONS: tuple[str, ...] = ("all", "reached")
 ROUTE_SETS: tuple[str, ...] = ("all", "chain")
 ENTRY_FEATURES: tuple[str | None, ...] = (None, "embedding")
 CONTINUE = 0  # a cascade stage's "exit" for a cluster that continues to the next decision exit
+# mu for an entry stage over threshold stages (module doc): its rewards differ between entry tiers in cost only,
+# so mu only scales them; 1 weighs a normalised cost of 1 against one right answer
+ENTRY_THRESHOLD_MU: float = 1.0
 
 
 # ---- the policy -------------------------------------------------------------------------------------------
@@ -133,6 +146,7 @@ class DimeePolicy(ExitPolicy):
         entry: str | None = None,
         shrinkage: float = 0.0,
         min_cluster_size: int = 0,
+        exit_threshold: float | None = None,
     ):
         self.plan = plan
         self.cost_model = cost_model
@@ -157,6 +171,7 @@ class DimeePolicy(ExitPolicy):
         self.entry = entry
         self.shrinkage = shrinkage
         self.min_cluster_size = min_cluster_size
+        self.exit_threshold = exit_threshold
 
     # ---- candidates and features ------------------------------------------------------------------
     def _cluster_settings(self) -> ClusterSettings:
@@ -198,6 +213,14 @@ class DimeePolicy(ExitPolicy):
             raise PolicyError(f"n_init must be >= 1, got {self.n_init}")
         if self.entry is not None and self.decision_exits is None:
             raise PolicyError("entry='embedding' chooses the entry tier of a cascade: set decision_exits too")
+        if self.exit_threshold is not None:
+            t = self.exit_threshold
+            if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not np.isfinite(t):
+                raise PolicyError(f"exit_threshold must be a finite number (a confidence threshold), got {t!r}")
+            if self.decision_exits is None:
+                raise PolicyError(
+                    "exit_threshold sets the stages of a cascade: set decision_exits too (e.g. decision_exits='all')"
+                )
         if self.edge_stage and self.feature != "profile":
             raise PolicyError("edge_stage=True decides again at edge on the exit profile: it needs feature='profile'")
         if self.decision_exits is not None:
@@ -287,7 +310,10 @@ class DimeePolicy(ExitPolicy):
         return exit_profile(logits_seen[:, :e], None, tuple(self.profile_features), self._temps(e))
 
     def _cascade_features(self, logits_seen: np.ndarray, j: int) -> np.ndarray:
-        """Profile of exits 1..j (computed from those exits only, so a stage never reads a later exit)."""
+        """Profile of exits 1..j (computed from those exits only, so a stage never reads a later exit); with
+        threshold stages, exit j's confidence alone [n, 1]."""
+        if self.exit_threshold is not None:
+            return exit_profile(logits_seen[:, :j], slice(j - 1, j), ("confidence",), self._temps(j))
         return exit_profile(logits_seen[:, :j], None, tuple(self.profile_features), self._temps(j))
 
     def _candidate_costs(self, routes: np.ndarray, exits: np.ndarray) -> np.ndarray:
@@ -327,7 +353,7 @@ class DimeePolicy(ExitPolicy):
     def _digest_basis(self) -> tuple:
         """What a kept routing digest was computed from: the stage objects and the feature parameters."""
         stages = (self.stage1_, self.stage2_, *getattr(self, "cascade_stages_", []), getattr(self, "entry_stage_", None))
-        return (tuple(id(stage) for stage in stages), self.feature, tuple(self.profile_features))
+        return (tuple(id(stage) for stage in stages), self.feature, tuple(self.profile_features), self.exit_threshold)
 
     def _reset_fitted_state(self) -> None:
         self.__dict__.pop("_routing_digest", None)
@@ -353,7 +379,8 @@ class DimeePolicy(ExitPolicy):
             h.update(b"|")
         temps = None if self.temperatures_ is None else np.asarray(self.temperatures_, dtype=np.float64).tobytes()
         exits = None if self.decision_exits_ is None else self.decision_exits_.tolist()
-        extra = (self.plan_, exits, self.feature, tuple(self.profile_features), self.n_features_, temps)
+        threshold = None if self.exit_threshold is None else float(self.exit_threshold)
+        extra = (self.plan_, exits, self.feature, tuple(self.profile_features), self.n_features_, temps, threshold)
         h.update(repr(extra).encode())
         return h.hexdigest()
 
@@ -413,6 +440,10 @@ class DimeePolicy(ExitPolicy):
     def _fit_cascade(self, logits: np.ndarray, correct: np.ndarray) -> None:
         """Backward fit of the cascade stages (module doc); sets the cascade attributes."""
         exits = [int(j) for j in self.decision_exits_]
+        if self.exit_threshold is not None:
+            stages = [threshold_stage(float(self.exit_threshold), j, self._cascade_features(logits, j)) for j in exits]
+            self._set_cascade(stages, [2] * len(exits), [{} for _ in exits])
+            return
         n, L = logits.shape[0], self.num_layers_
         answer_rewards = correct - self.mu * self.normalised_exit_costs()[None, :]  # [n, L]
         feats = {j: self._cascade_features(logits, j) for j in exits}
@@ -439,9 +470,10 @@ class DimeePolicy(ExitPolicy):
                 )
                 answers = fitted[j][0].targets(feats[j]) == j
                 cont = np.where(answers, answer_rewards[:, j - 1], cont)
-        self.cascade_stages_ = [fitted[j][0] for j in exits]
-        self.cascade_n_clusters_ = [int(fitted[j][1]) for j in exits]
-        self.cascade_cv_rewards_ = [dict(fitted[j][2]) for j in exits]
+        self._set_cascade([fitted[j][0] for j in exits], [int(fitted[j][1]) for j in exits], [dict(fitted[j][2]) for j in exits])
+
+    def _set_cascade(self, stages: list[RoutingStage], n_clusters: list[int], cv_rewards: list[dict[int, float]]) -> None:
+        self.cascade_stages_, self.cascade_n_clusters_, self.cascade_cv_rewards_ = stages, n_clusters, cv_rewards
         self.stage1_, self.stage2_ = None, None
         self.n_clusters_ = int(sum(self.cascade_n_clusters_))
         self.cv_rewards_, self.edge_n_clusters_, self.edge_cv_rewards_ = {}, 0, {}

@@ -370,6 +370,22 @@ def fit_pool_stage(
     return RoutingStage(mean, scale, np.array(centers), np.array(exits, dtype=np.int64), np.array(sizes))
 
 
+def threshold_stage(threshold: float, exit_: int, scores: np.ndarray) -> RoutingStage:
+    """A cascade stage on one score (the exit's confidence) that answers at `exit_` where the score is >=
+    `threshold` and continues elsewhere: two centres, ``threshold + 0.5`` (answer, index 0) and
+    ``threshold - 0.5`` (continue), on the unscaled score, so a score at the threshold is equally near both
+    and goes to index 0 (up to float rounding there). A confidence threshold thus serialises and serves as
+    any fitted cluster stage does; `scores` (the fit samples' [n, 1]) only sets the centres' sizes."""
+    answers = int((np.asarray(scores)[:, 0] >= threshold).sum())
+    return RoutingStage(
+        mean=np.zeros(1),
+        scale=np.ones(1),
+        centers=np.array([[threshold + 0.5], [threshold - 0.5]], dtype=np.float64),
+        exits=np.array([exit_, 0], dtype=np.int64),  # 0: continue (the cascade's CONTINUE)
+        sizes=np.array([answers, len(scores) - answers], dtype=np.int64),
+    )
+
+
 def cheapest_correct_candidates(correct_at: np.ndarray, costs: np.ndarray) -> np.ndarray:
     """Per sample, the index of the cheapest candidate that is right (`correct_at` [n, J], `costs` [J]);
     the dearest candidate if none is right."""

@@ -118,7 +118,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--policies",
         default=DEFAULT_POLICIES,
         help=f"comma-separated (default {DEFAULT_POLICIES}); also dimee-edge, dimee-cascade (the variant "
-        "`dimee demo` deploys), dimee-embedding, dimee-paper, dimee-entry, and the report's row names",
+        "`dimee demo` deploys), dimee-embedding, dimee-paper, dimee-entry, dimee-entry-threshold (its confidence threshold: the grid's "
+        "threshold values, 0.9 where it has none), and the report's row names",
     )
     parser.add_argument(
         "--grid",

@@ -116,7 +116,8 @@ POLICY_LEGEND = (
     "`dimee-cascade` (a cluster decision after every exit), `dimee-embedding` (clusters of the embedding-layer "
     "feature, deciding before any layer), `dimee-paper` (the paper's rule: embedding feature, pools labelled by "
     "exit tier, nearest centroid), `dimee-entry` (entry tier from the embedding feature, then a cascade inside "
-    "it); `+oof`: the same fitted on calibration pooled with the run's out-of-fold training logits (`dimee oof`; "
+    "it), `dimee-entry-threshold` (the same entry stage, then the confidence threshold inside the tier; its knob "
+    "is the threshold); `+oof`: the same fitted on calibration pooled with the run's out-of-fold training logits (`dimee oof`; "
     "runs without them have no such rows). Baselines: `threshold` (confidence), `entropy`, `patience` (PABEE), "
     "`all-mobile` / `all-edge` / `all-cloud`, `random (DIMEE shares)`, and the `oracle` (a lower bound on cost)."
 )

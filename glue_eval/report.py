@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from clustering import (
+    ENTRY_THRESHOLD_MU,
     AllCloudPolicy,
     AllEdgePolicy,
     AllMobilePolicy,
@@ -56,10 +57,11 @@ VALIDATION = "validation"
 MU_GRID = tuple(float(v) for v in np.round(np.geomspace(0.001, 1.0, 60), 5))
 # the variants that also come fitted on calibration pooled with the run's out-of-fold split (`dimee oof`), named
 # "<variant>+oof"; a run without that split has no such rows
-POOLED_VARIANTS = ("dimee-cascade", "dimee-embedding", "dimee-entry")
+POOLED_VARIANTS = ("dimee-cascade", "dimee-embedding", "dimee-entry", "dimee-entry-threshold")
+
 POOL_SUFFIX = "+oof"
 DIMEE_VARIANTS = (
-    "dimee", "dimee-edge", "dimee-cascade", "dimee-embedding", "dimee-paper", "dimee-entry",
+    "dimee", "dimee-edge", "dimee-cascade", "dimee-embedding", "dimee-paper", "dimee-entry", "dimee-entry-threshold",
     *(name + POOL_SUFFIX for name in POOLED_VARIANTS),
 )
 BASELINES = ("threshold", "entropy", "patience", "all-mobile", "all-edge")  # candidates for "best baseline"
@@ -135,6 +137,16 @@ def tunable_policies(plan: TierPlan, cost: CostModel, temperatures: np.ndarray |
             True,
             needs_embedding=True,
             knob_param="mu",
+        ),
+        Tunable(
+            "dimee-entry-threshold",  # entry tier from the embedding feature, then the confidence threshold inside it
+            thresholds,
+            lambda knob: DimeePolicy(
+                plan, cost, t, mu=ENTRY_THRESHOLD_MU, decision_exits="all", entry="embedding", exit_threshold=float(knob)
+            ),
+            True,
+            needs_embedding=True,
+            knob_param="exit_threshold",
         ),
         Tunable(
             "threshold",

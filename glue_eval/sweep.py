@@ -190,7 +190,7 @@ def sweep(
     policy, the grid fields, plan, metric_name, metric (the task's primary GLUE metric), final_metric,
     metric_drop, accuracy, final_accuracy, accuracy_drop, normalised_cost, cost_reduction, share_mobile /
     share_edge / share_cloud, offloads_mobile_edge / offloads_edge_cloud (samples), bytes_mobile_edge /
-    bytes_edge_cloud (fp32 handoff bytes), knob (fitted threshold, patience or DIMEE's k), oracle_cost_gap
+    bytes_edge_cloud (fp32 handoff bytes), knob (fitted threshold, patience, DIMEE's k, or dimee-entry-threshold's threshold), oracle_cost_gap
     (normalised cost - the oracle's; negative only for a policy that buys cost with accuracy),
     oracle_accuracy_gap (oracle accuracy - accuracy, never negative), n_samples, calibrated (whether the run's
     ``temperatures.json`` scaled this policy's confidences).

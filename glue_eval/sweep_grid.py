@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from clustering import (
+    ENTRY_THRESHOLD_MU,
     AllCloudPolicy,
     AllEdgePolicy,
     AllMobilePolicy,
@@ -38,6 +39,7 @@ POLICY_PARAMS: tuple[str, ...] = ("mu", "k", "max_drop", "threshold", "patience"
 PLAN_FIELDS: tuple[str, ...] = ("plan", "m", "e")
 ORACLE = "oracle"
 RANDOM = "random"
+ENTRY_THRESHOLD_DEFAULT = 0.9  # dimee-entry-threshold's confidence threshold where a grid sweeps no `threshold`
 
 
 def grid_fields() -> list[str]:
@@ -83,6 +85,19 @@ def _registry() -> dict[str, PolicySpec]:
         PolicySpec("dimee-cascade", partial(DimeePolicy, decision_exits="all"), dimee, "dimee"),
         PolicySpec(
             "dimee-entry", partial(DimeePolicy, decision_exits="all", entry="embedding"), dimee, "dimee", True
+        ),
+        PolicySpec(  # the grid's `threshold` is its confidence threshold (ENTRY_THRESHOLD_DEFAULT without one)
+            "dimee-entry-threshold",
+            partial(
+                DimeePolicy,
+                mu=ENTRY_THRESHOLD_MU,
+                decision_exits="all",
+                entry="embedding",
+                exit_threshold=ENTRY_THRESHOLD_DEFAULT,
+            ),
+            {"threshold": "exit_threshold", "k": "k_grid"},
+            "dimee",
+            True,
         ),
         PolicySpec("threshold", partial(ThresholdPolicy, criterion="confidence"), threshold, "select"),
         PolicySpec("entropy", partial(ThresholdPolicy, criterion="entropy"), threshold, "select"),

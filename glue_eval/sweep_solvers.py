@@ -130,6 +130,8 @@ class _Solution:
 
 
 def _knob(policy: ExitPolicy) -> float:
+    if getattr(policy, "exit_threshold", None) is not None:  # DIMEE over threshold stages: its threshold
+        return float(policy.exit_threshold)
     for name in ("threshold_", "patience_", "n_clusters_"):
         if hasattr(policy, name):
             return float(getattr(policy, name))

@@ -158,6 +158,9 @@ def _policies(data) -> dict[str, object]:
         "dimee-embedding": DimeePolicy(feature="embedding", **dimee, **common),
         "dimee-cascade": DimeePolicy(decision_exits="all", **dimee, **common),
         "dimee-entry-cascade": DimeePolicy(decision_exits="all", entry="embedding", **dimee, **common),
+        "dimee-entry-threshold": DimeePolicy(
+            decision_exits="all", entry="embedding", exit_threshold=threshold, **dimee, **common
+        ),
     }
 
 
@@ -239,13 +242,14 @@ def _check_served(predictions: list[dict], expected: dict, data) -> None:
         "dimee-embedding",
         "dimee-cascade",
         "dimee-entry-cascade",
+        "dimee-entry-threshold",
     ],
 )
 def test_served_answers_equal_the_offline_outcome(run_dir, tmp_path, data, name):
     run = _copy(run_dir, tmp_path)
     logits, labels, features = data["fit"]
     policy = _policies(data)[name]
-    policy.fit(logits, labels, features if name in ("dimee-embedding", "dimee-entry-cascade") else None)
+    policy.fit(logits, labels, features if name in ("dimee-embedding", "dimee-entry-cascade", "dimee-entry-threshold") else None)
     (run / "policy.json").write_text(json.dumps(policy.to_dict()))
     expected = _offline(policy, data)
     if name == "patience":  # the premise: no exit's top two logits nearly tie (a tie could flip an agreement)

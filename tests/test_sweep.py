@@ -102,6 +102,21 @@ def test_embedding_policy_and_k_grid(run):
     pd.testing.assert_frame_equal(table, exact, check_exact=False, rtol=1e-12, atol=1e-12)
 
 
+def test_entry_threshold_sweeps_the_grid_threshold_as_its_exit_threshold(run):
+    """dimee-entry-threshold reads the grid's `threshold` (0.9 without one); the fast path equals a refit, and
+    its exits are the threshold baseline's at the same threshold (the entry tier moves costs, not answers)."""
+    grid = {"threshold": [0.6, 0.95], "edge_to_cloud": [0.05, 0.6]}
+    policies = "dimee-entry-threshold,threshold"
+    fast = sweep(run, policies, grid, progress=False)
+    pd.testing.assert_frame_equal(fast, sweep(run, policies, grid, progress=False, exact=True), check_exact=False, rtol=1e-12, atol=1e-12)
+    ours, theirs = (fast[fast.policy == name].reset_index(drop=True) for name in policies.split(","))
+    assert ours["knob"].tolist() == [0.6, 0.6, 0.95, 0.95]
+    np.testing.assert_allclose(ours["accuracy"], theirs["accuracy"])
+    assert (ours["normalised_cost"] <= theirs["normalised_cost"] + 1e-12).all()
+    default = sweep(run, "dimee-entry-threshold", {"edge_to_cloud": [0.1]}, progress=False)
+    assert (default["knob"] == 0.9).all()
+
+
 def test_all_mobile_cost_follows_the_swept_fields_by_hand(run):
     grid = {"mobile_layer": [0.1, 0.2], "mobile_to_edge": [0.1, 0.5]}
     table = sweep(run, ["all-mobile", "all-edge", "all-cloud"], grid, progress=False).set_index(
@@ -282,7 +297,7 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
 
 def test_registry_names():
     assert set(POLICIES) == {
-        "dimee", "dimee-edge", "dimee-embedding", "dimee-paper", "dimee-cascade", "dimee-entry",
+        "dimee", "dimee-edge", "dimee-embedding", "dimee-paper", "dimee-cascade", "dimee-entry", "dimee-entry-threshold",
         "threshold", "entropy", "patience",
         "all-mobile", "all-edge", "all-cloud", "random", "oracle",
     }  # fmt: skip
