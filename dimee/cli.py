@@ -145,9 +145,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dimee.api import run_demo
+    from dimee.api import DEMO_VARIANT, run_demo
 
-    run_demo(output_dir=args.output_dir, train_subset=args.train_subset, epochs=args.epochs, data_dir=args.data_dir)
+    variant = args.variant or DEMO_VARIANT
+    run_demo(
+        output_dir=args.output_dir, train_subset=args.train_subset, epochs=args.epochs, data_dir=args.data_dir, variant=variant
+    )
     return 0
 
 
@@ -244,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-subset", type=int, default=4000)
     demo.add_argument("--epochs", type=float, default=1.0)
     demo.add_argument("--data-dir", default=None)
+    demo.add_argument(
+        "--variant",
+        default=None,
+        help="the DIMEE variant to deploy, any of the report's (default dimee-entry-threshold: the entry tier "
+        "judged on the embedding feature, then the confidence threshold inside it; e.g. dimee-cascade)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     _register_subcommands()

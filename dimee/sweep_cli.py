@@ -117,9 +117,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--policies",
         default=DEFAULT_POLICIES,
-        help=f"comma-separated (default {DEFAULT_POLICIES}); also dimee-edge, dimee-cascade (the variant "
-        "`dimee demo` deploys), dimee-embedding, dimee-paper, dimee-entry, dimee-entry-threshold (its confidence threshold: the grid's "
-        "threshold values, 0.9 where it has none), and the report's row names",
+        help=f"comma-separated (default {DEFAULT_POLICIES}); also dimee-edge, dimee-cascade (what "
+        "`dimee.fit_policy` deploys by default), dimee-embedding, dimee-paper, dimee-entry, dimee-entry-threshold "
+        "(what `dimee demo` deploys; its confidence threshold: the grid's threshold values, 0.9 where it has none), "
+        "and the report's row names",
     )
     parser.add_argument(
         "--grid",

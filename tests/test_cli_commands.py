@@ -125,6 +125,7 @@ def test_sweep(trained, work):
 def test_demo_help_and_bad_input(work):
     assert "--train-subset" in ok(dimee(work, "demo", "--help"))
     refused(dimee(work, "demo", "--train-subset", "1", "--output", work / "demo"), "train subset")
+    refused(dimee(work, "demo", "--variant", "dimee-nope", "--output", work / "demo"), "unknown DIMEE variant 'dimee-nope'")
     assert not (work / "demo").exists()
 
 

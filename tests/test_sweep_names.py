@@ -18,7 +18,7 @@ def report_names() -> list[str]:
 def test_every_report_name_maps_to_a_sweep_policy():
     """All but the pooled "+oof" variants: the sweep fits every policy on one split (next test)."""
     names = [n for n in report_names() if not n.endswith(report.POOL_SUFFIX)]
-    assert "dimee-cascade" in names  # the variant `dimee demo` deploys
+    assert {"dimee-cascade", "dimee-entry-threshold"} <= set(names)  # fit_run_policy's default, `dimee demo`'s
     mapped = sweep_cli.policy_names(",".join(names))
     assert len(mapped) == len(names)
     missing = [name for name, key in zip(names, mapped) if key not in POLICIES]
