@@ -58,8 +58,11 @@ decision, as a two-centre stage on that one score (``clustering.stages.threshold
 cascade is fitted and t is the knob. Its use is under an entry stage: DIMEE's own idea, judging a sample
 before any layer runs and sending a hard one straight to the tier that will answer it, on top of the exit rule
 that the cluster stages could not beat on small calibration splits. The entry stage's rewards differ between
-tiers in cost only (the sample answers at the same exit whatever tier it enters), so mu just scales them; the
-report and the sweep fit it with ``ENTRY_THRESHOLD_MU`` = 1. Without an entry stage the policy answers as ``ThresholdPolicy(threshold=t)``.
+tiers in cost only (the sample answers at the same exit whatever tier it enters), so mu only scales them (and
+with them the absolute ``k_tolerance`` and ``shrinkage``); the report and the sweep fit it with
+``ENTRY_THRESHOLD_MU`` = 1. With ``decision_exits="all"`` and no entry stage the policy answers as
+``ThresholdPolicy(threshold=t)``; other decision exits give the threshold at those exits only.
+``profile_features`` and ``cascade_population`` do not apply to threshold stages.
 
 Cascade mode routes on exit profiles only: it does not combine with ``feature="embedding"``,
 ``assignment="pools"`` or ``edge_stage`` (its own stages at exits > m play the edge stage's part), and
@@ -485,7 +488,7 @@ class DimeePolicy(ExitPolicy):
         exits = np.full(n, L, dtype=np.int64)
         open_ = np.ones(n, dtype=bool)
         for j, stage in zip(self.decision_exits_, self.cascade_stages_):
-            answers = open_ & (stage.targets(self._cascade_features(logits, int(j))) == j)
+            answers = open_ & self._stage_answers(stage, self._cascade_features(logits, int(j)), int(j))
             exits[answers] = int(j)
             open_ &= ~answers
         return exits
@@ -588,7 +591,15 @@ class DimeePolicy(ExitPolicy):
         if depth == 0 or where.size == 0:
             return np.zeros(logits_seen.shape[0], dtype=bool)
         stage = self.cascade_stages_[int(where[0])]
-        return stage.targets(self._cascade_features(logits_seen, depth)) == depth
+        return self._stage_answers(stage, self._cascade_features(logits_seen, depth), depth)
+
+    def _stage_answers(self, stage: RoutingStage, x: np.ndarray, exit_: int) -> np.ndarray:
+        """Whether the cascade stage at `exit_` answers each row of its features `x`. Threshold stages compare the
+        score itself (``>=``, as ThresholdPolicy), not the distances to their two centres, whose float rounding
+        could send on a score at the threshold; their centres record the rule for ``cluster_table`` and JSON."""
+        if self.exit_threshold is not None:
+            return x[:, 0] >= float(self.exit_threshold)
+        return stage.targets(x) == exit_
 
     def cluster_table(self) -> list[dict[str, Any]]:
         """One row per centre: stage (1 mobile decision, 2 edge decision), centre index, fit samples, exit, tier.

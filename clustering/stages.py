@@ -371,11 +371,12 @@ def fit_pool_stage(
 
 
 def threshold_stage(threshold: float, exit_: int, scores: np.ndarray) -> RoutingStage:
-    """A cascade stage on one score (the exit's confidence) that answers at `exit_` where the score is >=
-    `threshold` and continues elsewhere: two centres, ``threshold + 0.5`` (answer, index 0) and
-    ``threshold - 0.5`` (continue), on the unscaled score, so a score at the threshold is equally near both
-    and goes to index 0 (up to float rounding there). A confidence threshold thus serialises and serves as
-    any fitted cluster stage does; `scores` (the fit samples' [n, 1]) only sets the centres' sizes."""
+    """The record of a cascade stage on one score (the exit's confidence) that answers at `exit_` where the
+    score is >= `threshold` and continues elsewhere: two centres, ``threshold + 0.5`` (answer) and
+    ``threshold - 0.5`` (continue), on the unscaled score, so it serialises, lists and reloads as a fitted
+    cluster stage does. Nearest-centre assignment agrees with the rule except within float rounding of the
+    threshold, so the policy decides on the score itself (``DimeePolicy._stage_answers``); `scores` (the fit
+    samples' [n, 1]) sets the centres' sizes."""
     answers = int((np.asarray(scores)[:, 0] >= threshold).sum())
     return RoutingStage(
         mean=np.zeros(1),

@@ -12,7 +12,7 @@ import torch
 from clustering import AllCloudPolicy
 from glue_eval.metrics import predictions_from_logits, primary_metric
 from glue_eval.owndata import own_task_name
-from glue_eval.report import DIMEE_VARIANTS, evaluate_policy_on_run, fit_run_policy
+from glue_eval.report import DIMEE_VARIANTS, POOL_SUFFIX, evaluate_policy_on_run, fit_run_policy
 from glue_eval.tasks import run_task
 from glue_eval.training import TrainConfig, train_run
 from tiers import EarlyExitModel, read_cached_split, read_run_info, tokenize_for_inference
@@ -103,6 +103,11 @@ def run_demo(
     DIMEE `variant` (one of the report's; its knob chosen on calibration) against all-cloud on validation."""
     if variant not in DIMEE_VARIANTS:  # before minutes of training, not after
         raise ValueError(f"unknown DIMEE variant {variant!r}; choose one of {', '.join(DIMEE_VARIANTS)}")
+    if variant.endswith(POOL_SUFFIX):
+        raise ValueError(
+            f"variant {variant!r} pools out-of-fold logits, which a fresh run has not cached: run the demo with "
+            f"{variant.removesuffix(POOL_SUFFIX)!r}, then `dimee oof RUN` and `dimee.fit_policy(RUN, variant={variant!r})`"
+        )
     config = TrainConfig(
         task="sst2",
         output_dir=str(output_dir),
@@ -120,9 +125,13 @@ def run_demo(
     policy, knob = fit_run_policy(run, max_drop=max_drop, variant=variant)
     dimee = evaluate_policy_on_run(policy, run)
     cloud = evaluate_policy_on_run(AllCloudPolicy(policy.plan, policy.cost_model).fit(*_calibration(run)), run)
-    knob_name = "threshold" if getattr(policy, "exit_threshold", None) is not None else "mu"
-    clusters = policy.n_clusters_ + getattr(policy, "entry_n_clusters_", 0)
-    print(f"\nDIMEE policy ({variant}, {knob_name}={knob}, {clusters} centres in all, fitted on the calibration split) on validation:")
+    by_threshold = getattr(policy, "exit_threshold", None) is not None
+    parts = [variant, f"threshold={knob}" if by_threshold else f"mu={knob}"]
+    if getattr(policy, "entry_stage_", None) is not None:
+        parts.append(f"{policy.entry_n_clusters_} entry clusters")
+    if not by_threshold:
+        parts.append(f"{policy.n_clusters_} clusters in all")
+    print(f"\nDIMEE policy ({', '.join(parts)}, fitted on the calibration split) on validation:")
     for name, row in (("all-cloud", cloud), ("DIMEE", dimee)):
         print(
             f"  {name:9s} accuracy {row['metric']:6.2f}  drop {row['drop']:+5.2f} pts  cost {row['normalised_cost']:.3f}"
@@ -130,7 +139,7 @@ def run_demo(
             f"{row['mobile']:.2f}/{row['edge']:.2f}/{row['cloud']:.2f}"
         )
     print(f"policy saved to {Path(run) / 'policy.json'}; serve it with `dimee serve-all {run}`")
-    return {"run_dir": str(run), "exit_table": table, "dimee": dimee, "all_cloud": cloud, "variant": variant, "knob": knob}
+    return {"run_dir": str(run), "exit_table": table, "dimee": dimee, "all_cloud": cloud, "variant": variant, "knob": knob, "mu": policy.mu}
 
 
 def _calibration(run: Path) -> tuple[np.ndarray, np.ndarray]:

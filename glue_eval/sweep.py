@@ -142,6 +142,12 @@ def _as_runs(runs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path
 
 
 def _check_params_used(values: Mapping[str, list[Any]], specs: list[PolicySpec]) -> None:
+    fixed = [s.name for s in specs if s.params.get("threshold") == "exit_threshold"]
+    if fixed and None in values.get("threshold", ()):  # None: "choose it in fit", which these do not
+        raise ValueError(
+            f"grid field 'threshold': none (the threshold chosen in fit) is not a threshold {', '.join(fixed)} can "
+            "use; give numbers"
+        )
     for name in values:
         if name in POLICY_PARAMS and not any(name in s.params for s in specs):
             users = sorted(s.name for s in POLICIES.values() if name in s.params)

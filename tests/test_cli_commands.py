@@ -126,6 +126,7 @@ def test_demo_help_and_bad_input(work):
     assert "--train-subset" in ok(dimee(work, "demo", "--help"))
     refused(dimee(work, "demo", "--train-subset", "1", "--output", work / "demo"), "train subset")
     refused(dimee(work, "demo", "--variant", "dimee-nope", "--output", work / "demo"), "unknown DIMEE variant 'dimee-nope'")
+    refused(dimee(work, "demo", "--variant", "dimee-entry+oof", "--output", work / "demo"), "a fresh run has not cached")
     assert not (work / "demo").exists()
 
 

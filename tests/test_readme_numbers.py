@@ -55,7 +55,7 @@ QUOTES = [
     ("cheaper than the threshold at the same threshold on {} of {} tasks", [
         ("glue.json", lambda rows: sum(r["cost_reduction_%"] > t["cost_reduction_%"] for r in rows for t in rows
                                        if r["policy"] == "dimee-entry-threshold" and t["policy"] == "threshold"
-                                       and r["task"] == t["task"])),
+                                       and r["task"] == t["task"] and r["knob"] == t["knob"])),
         ("glue.json", lambda rows: sum(r["policy"] == "threshold" for r in rows))], 0),
     ("On SST-2 dimee-entry-threshold cuts {}% at a {}-point validation drop against the threshold's {}%", [
         glue("sst2", "dimee-entry-threshold"), glue("sst2", "dimee-entry-threshold", "drop"), glue("sst2", "threshold")], "raw"),

@@ -115,6 +115,8 @@ def test_entry_threshold_sweeps_the_grid_threshold_as_its_exit_threshold(run):
     assert (ours["normalised_cost"] <= theirs["normalised_cost"] + 1e-12).all()
     default = sweep(run, "dimee-entry-threshold", {"edge_to_cloud": [0.1]}, progress=False)
     assert (default["knob"] == 0.9).all()
+    with pytest.raises(ValueError, match="none .* is not a threshold dimee-entry-threshold can use"):
+        sweep(run, "dimee-entry-threshold,threshold", {"threshold": [None, 0.9]}, progress=False)
 
 
 def test_all_mobile_cost_follows_the_swept_fields_by_hand(run):
