@@ -85,6 +85,18 @@ QUOTES = [
     ("it loses {} and {} points of validation area", [
         ablation("qnli", "entry+cascade +oof", "val_gain", negate=True),
         ablation("sst2", "entry+cascade +oof", "val_gain", negate=True)], 2),
+    ("it raises the threshold's calibration area on {} of {} tasks and its validation area on {} of {}", [
+        ("dimee_ablation.json", lambda d: sum(r["cal_gain"] > 1e-9 for r in d["rows"] if r["variant"] == "entry+threshold")),
+        ("dimee_ablation.json", lambda d: sum(r["variant"] == "entry+threshold" for r in d["rows"])),
+        ("dimee_ablation.json", lambda d: sum(r["val_gain"] > 1e-9 for r in d["rows"] if r["variant"] == "entry+threshold")),
+        ("dimee_ablation.json", lambda d: sum(r["variant"] == "entry+threshold" for r in d["rows"]))], 0),
+    ("by {} points of validation area on average", [
+        ("dimee_ablation.json", lambda d: sum(r["val_gain"] for r in d["rows"] if r["variant"] == "entry+threshold")
+         / sum(r["variant"] == "entry+threshold" for r in d["rows"]))], 2),
+    ("(mean validation gains {}, {} and {} points)", [
+        ("dimee_ablation.json", lambda d, v=v: sum(r["val_gain"] for r in d["rows"] if r["variant"] == v)
+         / sum(r["variant"] == v for r in d["rows"]))
+        for v in ("entry+threshold shrinkage=10", "entry+threshold min cluster 20", "entry+threshold +oof")], 3),
     ("(dimee-paper {} vs {}), where both runs", [board("rte", "DIMEE val_area"), board("rte", "baseline val_area")], "raw"),
     ("{} settings with DIMEE refitted per setting", [key("sweep_speed.json", "settings")], "thousands"),
     ("refitted per setting in {} s (one run)", [key("sweep_speed.json", "seconds")], 3),
