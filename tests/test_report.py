@@ -205,6 +205,28 @@ def test_summary_picks_by_calibration_cost_not_validation():
     assert row["oracle"] == "90.0%"
 
 
+def test_operating_target_reads_the_calibration_choice_on_validation_and_asks_only_where_the_oracle_allows():
+    def task(name, oracle, dimee):
+        rows = {"oracle": dict(cv_drop=-1.0, cv_cost=0.1, meets_target=True, drop=-1.0, **{"cost_reduction_%": oracle})}
+        rows.update(dimee)
+        return _summary_rows(**rows).assign(task=name)
+
+    cheap = dict(cv_drop=0.1, cv_cost=0.50, meets_target=True)
+    combined = pd.concat([
+        task("met", 60.0, {"dimee-entry-threshold": dict(cheap, drop=0.3, **{"cost_reduction_%": 43.0})}),
+        # the calibration choice (dimee-cascade, cheaper there) is read, not the better validation row beside it
+        task("dropped", 70.0, {"dimee-cascade": dict(cheap, cv_cost=0.4, drop=0.31, **{"cost_reduction_%": 50.0}),
+                               "dimee-edge": dict(cheap, drop=0.1, **{"cost_reduction_%": 48.0})}),
+        task("short", 55.0, {"dimee": dict(cheap, drop=0.0, **{"cost_reduction_%": 42.9})}),
+        task("none", 65.0, {"dimee": dict(cheap, meets_target=False, drop=0.0, **{"cost_reduction_%": 60.0})}),
+        task("unasked", 54.9, {"dimee": dict(cheap, drop=0.0, **{"cost_reduction_%": 10.0})}),
+    ], ignore_index=True)  # fmt: skip
+    target = report.operating_target(combined, max_drop=0.003).set_index("task")
+    assert target["met"].to_dict() == {"met": True, "dropped": False, "short": False, "none": False, "unasked": False}
+    assert target["asked"].to_dict() == {"met": True, "dropped": True, "short": True, "none": True, "unasked": False}
+    assert target.loc["dropped", "best DIMEE"] == "dimee-cascade" and pd.isna(target.loc["none", "best DIMEE"])
+
+
 # ---- the written report: markdown, json and the Pareto plot from the same rows -----------------------------------
 def _small_dimee(mu):
     return DimeePolicy(PLAN, CostModel(), mu=mu, k_grid=(2, 3), n_folds=2, n_init=1)
