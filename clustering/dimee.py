@@ -80,17 +80,17 @@ from tiers import HANDOFF_CLOUD, HANDOFF_EDGE, TIERS, CostModel, TierPlan, exit_
 
 from .base import ExitPolicy, register_policy
 from .baselines import ThresholdPolicy
+from .dimee_cascade import fit_cascade, fit_entry
 from .dimee_fit import _fit_candidate_clusters, _fit_per_tier_clusters
 from .errors import PolicyError
 from .profiles import REGRESSION_TOLERANCE, exit_profile, per_exit_correct
 from .routing import Outcome, chain_actions, follow_targets, path_table
 from .stages import (
+    CONTINUE,
     ClusterSettings,
     RoutingStage,
     cheapest_correct_candidates,
-    fit_cluster_stage,
     fit_pool_stage,
-    threshold_stage,
 )
 
 ASSIGNMENTS: tuple[str, ...] = ("clusters", "pools")
@@ -101,7 +101,6 @@ DECISION_EXIT_SETS: tuple[str, ...] = ("all", "tier_ends")
 CASCADE_POPULATIONS: tuple[str, ...] = ("all", "reached")
 ROUTE_SETS: tuple[str, ...] = ("all", "chain")
 ENTRY_FEATURES: tuple[str | None, ...] = (None, "embedding")
-CONTINUE = 0  # a cascade stage's "exit" for a cluster that continues to the next decision exit
 # mu for an entry stage over threshold stages (module doc): its rewards differ between entry tiers in cost only,
 # so mu only scales them; 1 weighs a normalised cost of 1 against one right answer
 ENTRY_THRESHOLD_MU: float = 1.0
@@ -395,9 +394,9 @@ class DimeePolicy(ExitPolicy):
             _fit_per_tier_clusters([self], logits, features, correct)
             return
         if self.decision_exits_ is not None:
-            self._fit_cascade(logits, correct)
+            fit_cascade(self, logits, correct)
             if self.entry is not None:
-                self._fit_entry(logits, correct, features)
+                fit_entry(self, logits, correct, features)
             self._set_fit_summary(logits, features, correct)
             return
         threshold_exits = None
@@ -440,101 +439,11 @@ class DimeePolicy(ExitPolicy):
         rows = np.arange(outcome.exits.size)
         self.fit_reward_ = float((correct[rows, outcome.exits - 1] - self.mu * cost).mean())
 
-    def _fit_cascade(self, logits: np.ndarray, correct: np.ndarray) -> None:
-        """Backward fit of the cascade stages (module doc); sets the cascade attributes."""
-        exits = [int(j) for j in self.decision_exits_]
-        if self.exit_threshold is not None:
-            stages = [threshold_stage(float(self.exit_threshold), j, self._cascade_features(logits, j)) for j in exits]
-            self._set_cascade(stages, [2] * len(exits), [{} for _ in exits])
-            return
-        n, L = logits.shape[0], self.num_layers_
-        answer_rewards = correct - self.mu * self.normalised_exit_costs()[None, :]  # [n, L]
-        feats = {j: self._cascade_features(logits, j) for j in exits}
-        min_population = 2 * int(self.n_folds)
-        fitted: dict[int, tuple[RoutingStage, int, dict[int, float]]] = {}
-        passes = 1 if self.cascade_population == "all" else 2
-        for pass_no in range(passes):
-            reached = {j: np.ones(n, dtype=bool) for j in exits}
-            if pass_no > 0:  # who reaches each stage under the current (previous pass's) earlier stages
-                alive = np.ones(n, dtype=bool)
-                for j in exits:
-                    reached[j] = alive.copy()
-                    alive &= fitted[j][0].targets(feats[j]) != j
-            cont = answer_rewards[:, L - 1].copy()  # reward of continuing past the deepest stage: exit L
-            for j in reversed(exits):
-                rows = reached[j] if reached[j].sum() >= min_population else np.ones(n, dtype=bool)
-                rewards = np.stack([answer_rewards[:, j - 1], cont], axis=1)  # [answer at j, continue]
-                fitted[j] = fit_cluster_stage(
-                    feats[j][rows],
-                    rewards[rows],
-                    np.array([j, CONTINUE], dtype=np.int64),
-                    self._cluster_settings(),
-                    strict=bool(rows.all()),  # a "reached" subset's size depends on mu: fall back, never refuse
-                )
-                answers = fitted[j][0].targets(feats[j]) == j
-                cont = np.where(answers, answer_rewards[:, j - 1], cont)
-        self._set_cascade([fitted[j][0] for j in exits], [int(fitted[j][1]) for j in exits], [dict(fitted[j][2]) for j in exits])
-
     def _set_cascade(self, stages: list[RoutingStage], n_clusters: list[int], cv_rewards: list[dict[int, float]]) -> None:
         self.cascade_stages_, self.cascade_n_clusters_, self.cascade_cv_rewards_ = stages, n_clusters, cv_rewards
         self.stage1_, self.stage2_ = None, None
         self.n_clusters_ = int(sum(self.cascade_n_clusters_))
         self.cv_rewards_, self.edge_n_clusters_, self.edge_cv_rewards_ = {}, 0, {}
-
-    def _cascade_exits(self, logits: np.ndarray) -> np.ndarray:
-        """Where the cascade answers each sample: its first decision exit whose stage answers, else L. The
-        same on every entry tier, since the stages read the exits' logits only."""
-        n, L = logits.shape[0], logits.shape[1]
-        exits = np.full(n, L, dtype=np.int64)
-        open_ = np.ones(n, dtype=bool)
-        for j, stage in zip(self.decision_exits_, self.cascade_stages_):
-            answers = open_ & self._stage_answers(stage, self._cascade_features(logits, int(j)), int(j))
-            exits[answers] = int(j)
-            open_ &= ~answers
-        return exits
-
-    def _entry_routes(self, exits: np.ndarray) -> np.ndarray:
-        """[n, 3] route index of a sample answering at `exits` when it enters at mobile (the linear route),
-        edge or cloud (token ids); -1 where the deployment has no such route."""
-        plan, table = self.plan_, path_table(self.plan_)
-        e = plan.edge_end
-        out = np.full((exits.size, 3), -1, dtype=np.int64)
-        out[:, 0] = table.chain_indices(exits)
-        for tier, name in ((1, "edge"), (2, "cloud")):
-            if 0 not in plan.accepts(name):
-                continue
-            for j in np.unique(exits):
-                path = (("mobile", 0), (name, 0))
-                if name == "edge" and j > e:
-                    path = path + (("cloud", e),)
-                if path in table.paths:
-                    out[exits == j, tier] = table.index(path)
-        return out
-
-    def _fit_entry(self, logits: np.ndarray, correct: np.ndarray, features: np.ndarray | None) -> None:
-        """Entry stage (entry='embedding'): on the embedding feature, before any layer, choose the tier the
-        sample enters (mobile: the linear route; edge or cloud: token ids straight there), by the reward of
-        the cascade's answer on that route."""
-        if features is None:
-            raise PolicyError("entry='embedding' routes on embedding features: pass them to fit, predict and step")
-        exits = self._cascade_exits(logits)
-        routes = self._entry_routes(exits)
-        rows = np.arange(exits.size)
-        costs = self.normalised_path_costs()
-        rewards = np.full((exits.size, 3), -np.inf)
-        for tier in range(3):
-            valid = routes[:, tier] >= 0
-            rewards[valid, tier] = correct[rows[valid], exits[valid] - 1] - self.mu * costs[
-                routes[valid, tier], exits[valid] - 1
-            ]
-        usable = np.isfinite(rewards).all(axis=0)
-        tiers_ = np.flatnonzero(usable)
-        self.entry_stage_, self.entry_n_clusters_, self.entry_cv_rewards_ = fit_cluster_stage(
-            features,
-            rewards[:, usable],
-            tiers_.astype(np.int64),
-            self._cluster_settings(),
-        )
 
     def _fit_stage(
         self,

@@ -32,6 +32,8 @@ from threadpoolctl import ThreadpoolController
 
 from .errors import PolicyError
 
+CONTINUE = 0  # a cascade stage's "exit" for a cluster that continues to the next decision exit
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -382,7 +384,7 @@ def threshold_stage(threshold: float, exit_: int, scores: np.ndarray) -> Routing
         mean=np.zeros(1),
         scale=np.ones(1),
         centers=np.array([[threshold + 0.5], [threshold - 0.5]], dtype=np.float64),
-        exits=np.array([exit_, 0], dtype=np.int64),  # 0: continue (the cascade's CONTINUE)
+        exits=np.array([exit_, CONTINUE], dtype=np.int64),
         sizes=np.array([answers, len(scores) - answers], dtype=np.int64),
     )
 
