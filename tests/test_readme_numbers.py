@@ -98,6 +98,10 @@ QUOTES = [
          / sum(r["variant"] == v for r in d["rows"]))
         for v in ("entry+threshold shrinkage=10", "entry+threshold min cluster 20", "entry+threshold +oof")], 3),
     ("(dimee-paper {} vs {}), where both runs", [board("rte", "DIMEE val_area"), board("rte", "baseline val_area")], "raw"),
+    ("in Pareto area on {} of {} tasks under the default, {} of {} under SplitEE's", [
+        ("cost_presets.json", lambda d, p=p, f=f: f(r for r in d["scoreboard"] if r["preset"] == p))
+        for p in ("default", "splitee")
+        for f in (lambda rows: sum(bool(r["dimee_at_or_above"]) for r in rows), lambda rows: sum(1 for _ in rows))], 0),
     ("{} settings with DIMEE refitted per setting", [key("sweep_speed.json", "settings")], "thousands"),
     ("refitted per setting in {} s (one run)", [key("sweep_speed.json", "seconds")], 3),
     ("(dimee-entry+oof) cuts {}% on SST-2 against the threshold's {}%", [glue("sst2", "dimee-entry+oof"), glue("sst2", "threshold")], 1),
