@@ -12,7 +12,7 @@ import torch
 from clustering import AllCloudPolicy
 from glue_eval.metrics import predictions_from_logits, primary_metric
 from glue_eval.owndata import own_task_name
-from glue_eval.report import DIMEE_VARIANTS, POOL_SUFFIX, evaluate_policy_on_run, fit_run_policy
+from glue_eval.report import POOL_SUFFIX, check_dimee_variant, evaluate_policy_on_run, fit_run_policy
 from glue_eval.tasks import run_task
 from glue_eval.training import TrainConfig, train_run
 from tiers import EarlyExitModel, read_cached_split, read_run_info, tokenize_for_inference
@@ -101,8 +101,7 @@ def run_demo(
 ) -> dict:
     """The README's main job: brief SST-2 fine-tune of the offline encoder, then the per-exit table and the
     DIMEE `variant` (one of the report's; its knob chosen on calibration) against all-cloud on validation."""
-    if variant not in DIMEE_VARIANTS:  # before minutes of training, not after
-        raise ValueError(f"unknown DIMEE variant {variant!r}; choose one of {', '.join(DIMEE_VARIANTS)}")
+    check_dimee_variant(variant)  # before minutes of training, not after
     if variant.endswith(POOL_SUFFIX):
         raise ValueError(
             f"variant {variant!r} pools out-of-fold logits, which a fresh run has not cached: run the demo with "

@@ -380,6 +380,12 @@ def compare_policies(
     return table
 
 
+def check_dimee_variant(variant: str) -> None:
+    """A ValueError naming the choices unless `variant` is one of the report's DIMEE variants."""
+    if variant not in DIMEE_VARIANTS:
+        raise ValueError(f"unknown DIMEE variant {variant!r}; choose one of {', '.join(DIMEE_VARIANTS)}")
+
+
 def fit_run_policy(
     run_dir: str | Path,
     max_drop: float = 0.003,
@@ -389,8 +395,7 @@ def fit_run_policy(
 ) -> tuple[DimeePolicy, float]:
     """Fit a DIMEE policy for deployment (mu chosen as in the report, with the same temperatures setting)
     and store it in the run folder's policy.json."""
-    if variant not in DIMEE_VARIANTS:
-        raise ValueError(f"unknown DIMEE variant {variant!r}; choose one of {', '.join(DIMEE_VARIANTS)}")
+    check_dimee_variant(variant)
     info = read_run_info(run_dir)
     fit = read_cached_split(run_dir, fit_split)
     temperatures = run_temperatures(run_dir, info.plan.num_layers, use_temperatures)
